@@ -1,0 +1,203 @@
+#include "engine/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "kernels/kernels.h"
+
+namespace moe {
+
+KvCache::KvCache(const ModelConfig& c)
+    : kv_dim_(c.num_kv_heads * c.head_dim), keys_(static_cast<size_t>(c.num_layers)), values_(keys_.size()) {}
+
+Model::Model(std::unique_ptr<ModelWeights> weights, ThreadPool* pool, ExpertDispatcher* dispatcher)
+    : weights_(std::move(weights)), pool_(pool) {
+  if (dispatcher == nullptr) {
+    local_dispatcher_ = std::make_unique<LocalExpertDispatcher>(weights_.get(), pool_);
+    dispatcher = local_dispatcher_.get();
+  }
+  dispatcher_ = dispatcher;
+  const ModelConfig& c = config();
+  // As Hugging Face computes it: inv_freq = 1 / theta^(2i / d) in float32.
+  for (int64_t i = 0; i < c.head_dim / 2; ++i) {
+    inv_freq_.push_back(static_cast<float>(
+        1.0 / std::pow(c.rope_theta, static_cast<double>(static_cast<float>(2 * i) / static_cast<float>(c.head_dim)))));
+  }
+  ResetExpertUsage();
+}
+
+void Model::ResetExpertUsage() {
+  expert_usage_.assign(static_cast<size_t>(config().num_layers), std::vector<int64_t>(static_cast<size_t>(config().num_experts), 0));
+}
+
+void Model::RmsNorm(const float* x, const std::vector<float>& weight, int64_t rows, float* out) const {
+  const int64_t h = config().hidden_size;
+  const float eps = static_cast<float>(config().rms_norm_eps);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * h;
+    const float mean_square = Dot(xr, xr, h) / static_cast<float>(h);
+    const float scale = 1.0f / std::sqrt(mean_square + eps);
+    for (int64_t i = 0; i < h; ++i) out[r * h + i] = weight[i] * (xr[i] * scale);
+  }
+}
+
+// Rotates each head's halves (Hugging Face's rotate_half convention, not interleaved pairs).
+void Model::ApplyRope(float* vec, int64_t num_heads, int64_t position) const {
+  const int64_t d = config().head_dim, half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float angle = static_cast<float>(position) * inv_freq_[i];
+    const float c = std::cos(angle), s = std::sin(angle);
+    for (int64_t head = 0; head < num_heads; ++head) {
+      float* v = vec + head * d;
+      const float a = v[i], b = v[i + half];
+      v[i] = a * c - b * s;
+      v[i + half] = b * c + a * s;
+    }
+  }
+}
+
+void Model::Attention(int64_t layer, std::span<const ForwardInput> batch, const std::vector<int64_t>& row_start,
+                      const float* qkv, float* out) {
+  const ModelConfig& c = config();
+  const int64_t d = c.head_dim, q_dim = c.num_heads * d, kv_dim = c.num_kv_heads * d;
+  const int64_t qkv_dim = q_dim + 2 * kv_dim, group = c.num_heads / c.num_kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const int64_t work_items = static_cast<int64_t>(batch.size()) * c.num_heads;
+  auto run = [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / c.num_heads, head = item % c.num_heads, kv_head = head / group;
+      const KvCache& cache = *batch[b].cache;
+      const int64_t n_new = static_cast<int64_t>(batch[b].tokens.size());
+      const int64_t past = cache.length_ - n_new;  // cache already holds this step's keys
+      const float* keys = cache.keys_[layer].data() + kv_head * d;
+      const float* values = cache.values_[layer].data() + kv_head * d;
+      for (int64_t i = 0; i < n_new; ++i) {
+        const int64_t pos = past + i;
+        const int64_t first = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+        const float* q = qkv + (row_start[b] + i) * qkv_dim + head * d;
+        scores.resize(static_cast<size_t>(pos + 1 - first));
+        float max_score = -std::numeric_limits<float>::infinity();
+        for (int64_t j = first; j <= pos; ++j) {
+          const float s = Dot(q, keys + j * kv_dim, d) * scale;
+          scores[j - first] = s;
+          max_score = std::max(max_score, s);
+        }
+        float sum = 0.0f;
+        for (float& s : scores) sum += s = std::exp(s - max_score);
+        float* o = out + (row_start[b] + i) * q_dim + head * d;
+        std::memset(o, 0, sizeof(float) * static_cast<size_t>(d));
+        for (int64_t j = first; j <= pos; ++j) Axpy(scores[j - first] / sum, values + j * kv_dim, o, d);
+      }
+    }
+  };
+  pool_->ParallelFor(work_items, run);
+}
+
+absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> batch) {
+  const ModelConfig& c = config();
+  const int64_t h = c.hidden_size, d = c.head_dim;
+  const int64_t q_dim = c.num_heads * d, kv_dim = c.num_kv_heads * d, qkv_dim = q_dim + 2 * kv_dim;
+
+  std::vector<int64_t> row_start(batch.size() + 1, 0);
+  int64_t logit_rows = 0;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const ForwardInput& in = batch[b];
+    if (in.cache == nullptr || in.tokens.empty()) return absl::InvalidArgumentError("forward: an input has no tokens");
+    for (int32_t t : in.tokens) {
+      if (t < 0 || t >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+      }
+    }
+    const int64_t n = static_cast<int64_t>(in.tokens.size());
+    if (in.cache->length() + n > c.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence of ", in.cache->length() + n,
+                                                     " tokens exceeds the context of ", c.max_position_embeddings));
+    }
+    row_start[b + 1] = row_start[b] + n;
+    logit_rows += in.all_logits ? n : 1;
+  }
+  const int64_t rows = row_start.back();
+
+  hidden_.resize(static_cast<size_t>(rows * h));
+  for (size_t b = 0; b < batch.size(); ++b) {
+    for (size_t i = 0; i < batch[b].tokens.size(); ++i) {
+      float* dst = hidden_.data() + (row_start[b] + static_cast<int64_t>(i)) * h;
+      const size_t base = static_cast<size_t>(batch[b].tokens[i]) * static_cast<size_t>(h);
+      for (int64_t k = 0; k < h; ++k) dst[k] = LoadAsFloat(weights_->embedding.data, weights_->embedding.dtype, base + k);
+    }
+  }
+  normed_.resize(hidden_.size());
+  qkv_.resize(static_cast<size_t>(rows * qkv_dim));
+  attn_.resize(static_cast<size_t>(rows * q_dim));
+  ffn_out_.resize(hidden_.size());
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& lw = weights_->layers[l];
+    RmsNorm(hidden_.data(), lw.input_norm, rows, normed_.data());
+    MatMul(normed_.data(), rows, lw.attention.qkv, qkv_.data(), pool_);
+    for (size_t b = 0; b < batch.size(); ++b) {
+      KvCache& cache = *batch[b].cache;
+      const int64_t n = static_cast<int64_t>(batch[b].tokens.size());
+      auto& keys = cache.keys_[l];
+      auto& values = cache.values_[l];
+      keys.resize(static_cast<size_t>((cache.length_ + n) * kv_dim));
+      values.resize(keys.size());
+      for (int64_t i = 0; i < n; ++i) {
+        float* row = qkv_.data() + (row_start[b] + i) * qkv_dim;
+        if (!lw.attention.qkv_bias.empty()) Axpy(1.0f, lw.attention.qkv_bias.data(), row, qkv_dim);
+        const int64_t pos = cache.length_ + i;
+        ApplyRope(row, c.num_heads, pos);
+        ApplyRope(row + q_dim, c.num_kv_heads, pos);
+        std::memcpy(keys.data() + pos * kv_dim, row + q_dim, sizeof(float) * static_cast<size_t>(kv_dim));
+        std::memcpy(values.data() + pos * kv_dim, row + q_dim + kv_dim, sizeof(float) * static_cast<size_t>(kv_dim));
+      }
+    }
+    // Attention sees this layer's new keys: lengths advance per layer and are restored below.
+    for (const ForwardInput& in : batch) in.cache->length_ += static_cast<int64_t>(in.tokens.size());
+    Attention(l, batch, row_start, qkv_.data(), attn_.data());
+    if (l + 1 < c.num_layers) {
+      for (const ForwardInput& in : batch) in.cache->length_ -= static_cast<int64_t>(in.tokens.size());
+    }
+    MatMul(attn_.data(), rows, q_dim, lw.attention.o, hidden_.data(), h, /*accumulate=*/true, pool_);
+
+    RmsNorm(hidden_.data(), lw.post_attention_norm, rows, normed_.data());
+    if (!lw.is_moe) {
+      RunFfn(lw.dense, normed_.data(), rows, ffn_out_.data(), &scratch_, pool_);
+    } else {
+      router_logits_.resize(static_cast<size_t>(rows * c.num_experts));
+      MatMul(normed_.data(), rows, lw.moe.router, router_logits_.data(), pool_);
+      RoutingDecision routing = ComputeRouting(router_logits_.data(), rows, c);
+      for (int32_t e : routing.experts) ++expert_usage_[l][e];
+      MOE_RETURN_IF_ERROR(dispatcher_->DispatchCombine(l, routing, normed_.data(), ffn_out_.data()));
+      if (lw.moe.shared_expert.loaded()) {
+        std::vector<float> shared(static_cast<size_t>(rows * h)), gate(static_cast<size_t>(rows));
+        RunFfn(lw.moe.shared_expert, normed_.data(), rows, shared.data(), &scratch_, pool_);
+        MatMul(normed_.data(), rows, lw.moe.shared_expert_gate, gate.data(), pool_);
+        for (int64_t r = 0; r < rows; ++r) {
+          Axpy(1.0f / (1.0f + std::exp(-gate[r])), shared.data() + r * h, ffn_out_.data() + r * h, h);
+        }
+      }
+    }
+    Axpy(1.0f, ffn_out_.data(), hidden_.data(), rows * h);
+  }
+
+  // Final norm and LM head for the rows that need logits.
+  std::vector<float> selected(static_cast<size_t>(logit_rows * h));
+  int64_t out_row = 0;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const int64_t first = batch[b].all_logits ? row_start[b] : row_start[b + 1] - 1;
+    for (int64_t r = first; r < row_start[b + 1]; ++r, ++out_row) {
+      RmsNorm(hidden_.data() + r * h, weights_->final_norm, 1, selected.data() + out_row * h);
+    }
+  }
+  std::vector<float> logits(static_cast<size_t>(logit_rows * c.vocab_size));
+  MatMul(selected.data(), logit_rows, weights_->lm_head, logits.data(), pool_);
+  return logits;
+}
+
+}  // namespace moe

@@ -1,0 +1,77 @@
+// One process's forward pass of a Mixtral / Qwen2-MoE model over a ragged batch of sequences.
+#ifndef MOE_ENGINE_MODEL_H_
+#define MOE_ENGINE_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/thread_pool.h"
+#include "engine/expert_dispatch.h"
+#include "engine/model_weights.h"
+
+namespace moe {
+
+// The keys and values of one sequence, every layer. Owned by whoever owns the sequence.
+class KvCache {
+ public:
+  explicit KvCache(const ModelConfig& config);
+  int64_t length() const { return length_; }
+  // Rows [pos][num_kv_heads * head_dim] of `layer`.
+  const float* keys(int64_t layer) const { return keys_[layer].data(); }
+  const float* values(int64_t layer) const { return values_[layer].data(); }
+
+ private:
+  friend class Model;
+  int64_t kv_dim_;
+  int64_t length_ = 0;
+  std::vector<std::vector<float>> keys_, values_;
+};
+
+// New tokens of one sequence for one forward step: a prompt (or a chunk of it) or one decode token.
+struct ForwardInput {
+  KvCache* cache = nullptr;            // tokens[0] sits at position cache->length()
+  std::span<const int32_t> tokens;
+  bool all_logits = false;             // logits of every new token, not only the last (tests)
+};
+
+class Model {
+ public:
+  // `pool` and `dispatcher` must outlive the model; a null dispatcher runs all experts locally.
+  Model(std::unique_ptr<ModelWeights> weights, ThreadPool* pool, ExpertDispatcher* dispatcher = nullptr);
+
+  const ModelConfig& config() const { return weights_->config(); }
+  const ModelWeights& weights() const { return *weights_; }
+  std::unique_ptr<KvCache> NewCache() const { return std::make_unique<KvCache>(config()); }
+
+  // Runs the batch and appends every input's keys and values to its cache. Returns logits
+  // [rows, vocab_size], rows in input order (1 per input, or tokens.size() with all_logits).
+  // INVALID_ARGUMENT (nothing appended) for empty inputs, token ids outside the vocabulary, or a
+  // sequence that would pass max_position_embeddings. Not thread-safe: one caller at a time.
+  absl::StatusOr<std::vector<float>> Forward(std::span<const ForwardInput> batch);
+
+  // Tokens routed to each expert of each layer since construction or ResetExpertUsage(): [layer][expert].
+  const std::vector<std::vector<int64_t>>& expert_usage() const { return expert_usage_; }
+  void ResetExpertUsage();
+
+ private:
+  void RmsNorm(const float* x, const std::vector<float>& weight, int64_t rows, float* out) const;
+  void ApplyRope(float* vec, int64_t num_heads, int64_t position) const;
+  void Attention(int64_t layer, std::span<const ForwardInput> batch, const std::vector<int64_t>& row_start,
+                 const float* qkv, float* out);
+
+  std::unique_ptr<ModelWeights> weights_;
+  ThreadPool* pool_;
+  std::unique_ptr<LocalExpertDispatcher> local_dispatcher_;
+  ExpertDispatcher* dispatcher_;
+  std::vector<float> inv_freq_;
+  std::vector<std::vector<int64_t>> expert_usage_;
+  // Step scratch, reused across calls.
+  std::vector<float> hidden_, normed_, qkv_, attn_, ffn_out_, router_logits_, scratch_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_ENGINE_MODEL_H_
