@@ -4,6 +4,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/flags.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "checkpoint/random_checkpoint.h"
@@ -30,7 +31,9 @@ ABSL_FLAG(bool, tokenizer, true, "train and write tokenizer.model");
 ABSL_FLAG(uint64_t, seed, 1, "weight seed");
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> arg_storage;
+  std::vector<char*> args = moe::NormalizeFlagDashes(argc, argv, &arg_storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   moe::RandomCheckpointOptions o;
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) {
