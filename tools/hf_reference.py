@@ -196,6 +196,7 @@ def bench(args):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, cfg["vocab_size"], (args.prompt_len,), generator=g).tolist() for _ in range(args.batch)]
     with torch.no_grad():
+        model.forward(prompts[0][:8], 0, dict())  # warm-up: thread pools, first-touch of weights
         caches = [dict() for _ in prompts]
         t0 = time.perf_counter()
         last = [model.forward(p, 0, c)[-1] for p, c in zip(prompts, caches)]
@@ -204,8 +205,15 @@ def bench(args):
         for step in range(args.decode_steps):
             last = [model.forward([int(torch.argmax(l))], args.prompt_len + step, c)[-1] for l, c in zip(last, caches)]
         decode = time.perf_counter() - t0
+        # This torch build's own matmul speed, to explain the ratio (Debian's build uses a generic BLAS).
+        a, b = torch.randn(64, cfg["hidden_size"]), torch.randn(4 * cfg["hidden_size"], cfg["hidden_size"])
+        t0 = time.perf_counter()
+        for _ in range(5):
+            F.linear(a, b)
+        linear_gflops = 5 * 2 * a.shape[0] * b.shape[0] * b.shape[1] / (time.perf_counter() - t0) / 1e9
     print(json.dumps({"prefill_tokens_per_s": args.batch * args.prompt_len / prefill,
-                      "decode_tokens_per_s": args.batch * args.decode_steps / decode}))
+                      "decode_tokens_per_s": args.batch * args.decode_steps / decode,
+                      "torch_linear_gflops": linear_gflops, "torch_threads": torch.get_num_threads()}))
 
 
 def main():
