@@ -1,0 +1,42 @@
+// Which worker owns each expert of each MoE layer, at one epoch. Produced by the coordinator's
+// placement function, shipped to every worker, used by dispatch planning and by the simulator.
+#ifndef MOE_COMMON_SHARD_MAP_H_
+#define MOE_COMMON_SHARD_MAP_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+struct ShardMap {
+  uint64_t epoch = 0;
+  int num_workers = 0;
+  // Pipeline stages: [first_layer, end_layer) and the workers of that stage's expert-parallel group.
+  // A single stage holding every layer and every worker is what runs today.
+  struct Stage {
+    int64_t first_layer = 0;
+    int64_t end_layer = 0;
+    std::vector<int> workers;
+  };
+  std::vector<Stage> stages;
+  // owners[layer][expert] = workers holding that expert (replicas); empty for dense layers.
+  std::vector<std::vector<std::vector<int>>> owners;
+  std::vector<std::string> worker_addresses;
+
+  bool Owns(int worker, int64_t layer, int64_t expert) const {
+    for (int w : owners[layer][expert]) {
+      if (w == worker) return true;
+    }
+    return false;
+  }
+  // The replica that serves `token` (spread deterministically over the replicas).
+  int OwnerFor(int64_t layer, int64_t expert, int64_t token) const {
+    const auto& o = owners[layer][expert];
+    return o[static_cast<size_t>(token) % o.size()];
+  }
+};
+
+}  // namespace moe
+
+#endif  // MOE_COMMON_SHARD_MAP_H_

@@ -1,0 +1,61 @@
+// Exchange over gRPC: each member sends every peer one unary Worker.Exchange call per collective and
+// collects the peers' messages from its mailbox. Works across hosts; the epoch guards membership changes.
+#ifndef MOE_EXCHANGE_GRPC_EXCHANGE_H_
+#define MOE_EXCHANGE_GRPC_EXCHANGE_H_
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "exchange/exchange.h"
+#include "exchange/mailbox.h"
+#include "grpcpp/grpcpp.h"
+#include "moe/v1/cluster.grpc.pb.h"
+
+namespace moe {
+
+// Channel arguments shared by every internal connection (no message size limit).
+grpc::ChannelArguments InternalChannelArguments();
+
+class GrpcExchange : public Exchange {
+ public:
+  // `addresses[i]` is member i's Worker service. Connections are made lazily by gRPC.
+  GrpcExchange(int rank, uint64_t epoch, const std::vector<std::string>& addresses,
+               std::chrono::milliseconds timeout);
+
+  int rank() const override { return rank_; }
+  int size() const override { return static_cast<int>(stubs_.size()); }
+  uint64_t epoch() const { return epoch_; }
+  absl::StatusOr<std::vector<std::string>> AllToAll(uint64_t tag, std::vector<std::string> send) override;
+
+  // The receiving half, called from the Worker service's Exchange handler (any thread). Refuses,
+  // without storing, a message of another epoch (FAILED_PRECONDITION) or from a non-member
+  // (INVALID_ARGUMENT).
+  grpc::Status Deliver(const v1::ExchangeMessage& message);
+
+  int64_t bytes_sent() const { return bytes_sent_.load(); }
+
+ private:
+  int rank_;
+  uint64_t epoch_;
+  std::chrono::milliseconds timeout_;
+  std::vector<std::unique_ptr<v1::Worker::Stub>> stubs_;
+  Mailbox inbox_;
+  std::atomic<int64_t> bytes_sent_{0};
+};
+
+// A Worker service that answers only Exchange, forwarding to a GrpcExchange (tests and benchmarks).
+class ExchangeOnlyService final : public v1::Worker::Service {
+ public:
+  void set_target(GrpcExchange* target) { target_.store(target); }
+  grpc::Status Exchange(grpc::ServerContext*, const v1::ExchangeMessage* request, v1::ExchangeAck*) override;
+
+ private:
+  std::atomic<GrpcExchange*> target_{nullptr};
+};
+
+}  // namespace moe
+
+#endif  // MOE_EXCHANGE_GRPC_EXCHANGE_H_
