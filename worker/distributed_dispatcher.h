@@ -1,0 +1,49 @@
+// ExpertDispatcher that runs expert parallelism over an Exchange: for each MoE layer, every worker
+// sends each token (once per destination, with the experts and weights it needs there) to the owners
+// of its top-k experts, computes the experts it owns for everyone's tokens, and sends the weighted sums
+// back. Every worker enters both collectives of every MoE layer, with zero tokens if it has none.
+#ifndef MOE_WORKER_DISTRIBUTED_DISPATCHER_H_
+#define MOE_WORKER_DISTRIBUTED_DISPATCHER_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "common/shard_map.h"
+#include "engine/expert_dispatch.h"
+#include "exchange/exchange.h"
+
+namespace moe {
+
+// Bytes one step moved, for usage reporting and metrics (sends to other workers only).
+struct StepTraffic {
+  std::vector<int64_t> per_layer;  // [layer]
+  std::vector<int64_t> per_peer;   // [destination worker]
+  std::vector<int64_t> per_token;  // [token row of the step's batch], dispatch + the combine it causes
+  std::vector<int64_t> expert_tokens;  // [layer * num_experts + expert] computed here
+};
+
+class DistributedExpertDispatcher : public ExpertDispatcher {
+ public:
+  // `weights` holds this worker's experts; all pointers must outlive the dispatcher.
+  DistributedExpertDispatcher(const ModelWeights* weights, const ShardMap* shard_map, Exchange* exchange,
+                              ThreadPool* pool);
+
+  // Starts a step: tags of its collectives derive from step_id, identical on every worker.
+  void BeginStep(uint64_t step_id, int64_t num_tokens);
+  const StepTraffic& traffic() const { return traffic_; }
+
+  absl::Status DispatchCombine(int64_t layer, const RoutingDecision& routing, const float* x, float* out) override;
+
+ private:
+  const ModelWeights* weights_;
+  const ShardMap* shard_map_;
+  Exchange* exchange_;
+  ThreadPool* pool_;
+  uint64_t step_id_ = 0;
+  StepTraffic traffic_;
+  std::vector<float> gathered_, expert_out_, scratch_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_WORKER_DISTRIBUTED_DISPATCHER_H_

@@ -1,0 +1,167 @@
+#include "worker/worker_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "proto/grpc_util.h"
+
+namespace moe {
+
+absl::StatusOr<ShardMap> ShardMapFromProto(const v1::ShardMapProto& p, const ModelConfig& c) {
+  ShardMap m;
+  m.epoch = p.epoch();
+  m.num_workers = p.num_workers();
+  if (m.num_workers < 1 || p.worker_addresses_size() != m.num_workers) {
+    return absl::InvalidArgumentError("shard map: num_workers must be >= 1 with one address per worker");
+  }
+  if (p.layers_size() != c.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("shard map has ", p.layers_size(), " layers, the model ", c.num_layers));
+  }
+  m.worker_addresses.assign(p.worker_addresses().begin(), p.worker_addresses().end());
+  m.owners.resize(static_cast<size_t>(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const auto& layer = p.layers(static_cast<int>(l));
+    const int64_t expected = c.IsMoeLayer(l) ? c.num_experts : 0;
+    if (layer.experts_size() != expected) {
+      return absl::InvalidArgumentError(absl::StrCat("shard map layer ", l, " places ", layer.experts_size(),
+                                                     " experts, the model has ", expected));
+    }
+    for (const auto& e : layer.experts()) {
+      if (e.workers_size() == 0) return absl::InvalidArgumentError(absl::StrCat("shard map layer ", l, ": an expert has no owner"));
+      std::vector<int> owners;
+      for (int w : e.workers()) {
+        if (w < 0 || w >= m.num_workers) return absl::InvalidArgumentError(absl::StrCat("shard map layer ", l, ": owner ", w, " out of range"));
+        owners.push_back(w);
+      }
+      m.owners[l].push_back(std::move(owners));
+    }
+  }
+  ShardMap::Stage stage{0, c.num_layers, {}};
+  for (int w = 0; w < m.num_workers; ++w) stage.workers.push_back(w);
+  m.stages.push_back(std::move(stage));
+  return m;
+}
+
+void ShardMapToProto(const ShardMap& m, v1::ShardMapProto* p) {
+  p->set_epoch(m.epoch);
+  p->set_num_workers(m.num_workers);
+  for (const std::string& a : m.worker_addresses) p->add_worker_addresses(a);
+  for (const auto& layer : m.owners) {
+    auto* lp = p->add_layers();
+    for (const auto& owners : layer) {
+      auto* e = lp->add_experts();
+      for (int w : owners) e->add_workers(w);
+    }
+  }
+}
+
+WorkerService::WorkerService(Options options) : options_(std::move(options)), pool_(std::make_unique<ThreadPool>(options_.threads)) {}
+
+grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardRequest* request,
+                                      v1::LoadShardResponse* response) {
+  absl::MutexLock lock(&step_mutex_);
+  if (source_ == nullptr) {
+    auto source = ModelSource::Open(options_.model_dir);
+    if (!source.ok()) return ToGrpcStatus(source.status());
+    source_ = std::move(*source);
+  }
+  auto map = ShardMapFromProto(request->shard_map(), source_->config());
+  if (!map.ok()) return ToGrpcStatus(map.status());
+  const int me = request->worker_id();
+  if (me < 0 || me >= map->num_workers) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "worker_id out of range");
+
+  auto shard = std::make_unique<Shard>();
+  shard->worker_id = me;
+  shard->map = std::move(*map);
+  LoadOptions load;
+  const ShardMap* m = &shard->map;
+  load.owns_expert = [m, me](int64_t layer, int64_t expert) { return m->Owns(me, layer, expert); };
+  auto weights = LoadModelWeights(source_, load, pool_.get());
+  if (!weights.ok()) return ToGrpcStatus(weights.status());
+  size_t expert_bytes = 0;
+  for (const LayerWeights& l : (*weights)->layers) {
+    for (const FfnWeights& e : l.moe.experts) expert_bytes += e.gate_up.size_bytes() + e.down.size_bytes();
+  }
+  shard->exchange = std::make_shared<GrpcExchange>(me, shard->map.epoch, shard->map.worker_addresses,
+                                                   options_.exchange_timeout);
+  shard->dispatcher = std::make_unique<DistributedExpertDispatcher>(weights->get(), &shard->map, shard->exchange.get(),
+                                                                    pool_.get());
+  shard->model = std::make_unique<Model>(std::move(*weights), pool_.get(), shard->dispatcher.get());
+  // A new map invalidates every sequence: the coordinator re-prefills the ones it resumes.
+  sequences_.clear();
+  {
+    absl::MutexLock exchange_lock(&exchange_mutex_);
+    exchange_ = shard->exchange;
+  }
+  std::swap(shard_, shard);
+  response->set_expert_bytes(static_cast<int64_t>(expert_bytes));
+  // The old shard (and its exchange) is destroyed here, after the new one is visible.
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* request, v1::StepResponse* response) {
+  absl::MutexLock lock(&step_mutex_);
+  if (shard_ == nullptr) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
+  if (request->epoch() != shard_->map.epoch) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("step of epoch ", request->epoch(), " refused: worker is at epoch ", shard_->map.epoch));
+  }
+  for (uint64_t id : request->release()) sequences_.erase(id);
+  Model& model = *shard_->model;
+  const int64_t vocab = model.config().vocab_size;
+
+  std::vector<ForwardInput> inputs;
+  std::vector<std::vector<int32_t>> tokens;
+  tokens.reserve(static_cast<size_t>(request->work_size()));
+  for (const v1::SequenceWork& w : request->work()) {
+    if (w.start()) {
+      SamplingParams params{w.temperature(), w.top_k(), w.top_p() == 0.0f ? 1.0f : w.top_p(), w.seed()};
+      if (absl::Status s = params.Validate(); !s.ok()) return ToGrpcStatus(s);
+      sequences_.erase(w.sequence_id());
+      sequences_.emplace(w.sequence_id(), Sequence{model.NewCache(), Sampler(params)});
+    }
+    auto it = sequences_.find(w.sequence_id());
+    if (it == sequences_.end()) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("unknown sequence ", w.sequence_id()));
+    }
+    tokens.emplace_back(w.tokens().begin(), w.tokens().end());
+    inputs.push_back({it->second.cache.get(), tokens.back(), false});
+  }
+  int64_t rows = 0;
+  for (const auto& t : tokens) rows += static_cast<int64_t>(t.size());
+  shard_->dispatcher->BeginStep(request->step_id(), rows);
+  auto logits = model.Forward(inputs);
+  if (!logits.ok()) {
+    // A failed step leaves these sequences in an unknown state: drop them; the coordinator decides.
+    for (const v1::SequenceWork& w : request->work()) sequences_.erase(w.sequence_id());
+    return ToGrpcStatus(logits.status());
+  }
+  const StepTraffic& traffic = shard_->dispatcher->traffic();
+  int64_t row = 0;
+  for (int i = 0; i < request->work_size(); ++i) {
+    const v1::SequenceWork& w = request->work(i);
+    std::span<const float> l(logits->data() + static_cast<size_t>(i) * vocab, static_cast<size_t>(vocab));
+    v1::SequenceResult* r = response->add_results();
+    r->set_sequence_id(w.sequence_id());
+    r->set_token(sequences_.at(w.sequence_id()).sampler.Sample(l));
+    if (w.return_logits()) *r->mutable_logits() = {l.begin(), l.end()};
+    int64_t bytes = 0;
+    for (int j = 0; j < w.tokens_size(); ++j) bytes += traffic.per_token[row++];
+    r->set_all2all_bytes(bytes);
+  }
+  *response->mutable_layer_all2all_bytes() = {traffic.per_layer.begin(), traffic.per_layer.end()};
+  *response->mutable_peer_all2all_bytes() = {traffic.per_peer.begin(), traffic.per_peer.end()};
+  *response->mutable_expert_tokens() = {traffic.expert_tokens.begin(), traffic.expert_tokens.end()};
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::Exchange(grpc::ServerContext*, const v1::ExchangeMessage* request, v1::ExchangeAck*) {
+  std::shared_ptr<GrpcExchange> exchange;
+  {
+    absl::MutexLock lock(&exchange_mutex_);
+    exchange = exchange_;
+  }
+  if (exchange == nullptr) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
+  return exchange->Deliver(*request);
+}
+
+}  // namespace moe

@@ -1,0 +1,66 @@
+// The Worker gRPC service: loads its shard, runs engine steps for the sequences the coordinator assigns
+// to it, and takes part in the expert-parallel all-to-all with its peers.
+#ifndef MOE_WORKER_WORKER_SERVICE_H_
+#define MOE_WORKER_WORKER_SERVICE_H_
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "checkpoint/model_source.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "exchange/grpc_exchange.h"
+#include "moe/v1/cluster.grpc.pb.h"
+#include "worker/distributed_dispatcher.h"
+
+namespace moe {
+
+// proto <-> ShardMap, validated against the model (INVALID_ARGUMENT naming what is wrong).
+absl::StatusOr<ShardMap> ShardMapFromProto(const v1::ShardMapProto& p, const ModelConfig& config);
+void ShardMapToProto(const ShardMap& m, v1::ShardMapProto* p);
+
+class WorkerService final : public v1::Worker::Service {
+ public:
+  struct Options {
+    std::string model_dir;
+    int threads = 0;
+    std::chrono::milliseconds exchange_timeout{10000};
+  };
+  explicit WorkerService(Options options);
+
+  grpc::Status LoadShard(grpc::ServerContext*, const v1::LoadShardRequest*, v1::LoadShardResponse*) override;
+  grpc::Status Step(grpc::ServerContext*, const v1::StepRequest*, v1::StepResponse*) override;
+  grpc::Status Exchange(grpc::ServerContext*, const v1::ExchangeMessage*, v1::ExchangeAck*) override;
+
+ private:
+  struct Sequence {
+    std::unique_ptr<KvCache> cache;
+    Sampler sampler;
+  };
+  // Everything built for one shard map; replaced as a whole when a new map arrives.
+  struct Shard {
+    int worker_id = 0;
+    ShardMap map;
+    std::shared_ptr<GrpcExchange> exchange;
+    std::unique_ptr<DistributedExpertDispatcher> dispatcher;
+    std::unique_ptr<Model> model;
+  };
+
+  Options options_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::shared_ptr<const ModelSource> source_;
+  absl::Mutex step_mutex_;  // one Step or LoadShard at a time
+  std::unique_ptr<Shard> shard_ ABSL_GUARDED_BY(step_mutex_);
+  std::map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(step_mutex_);
+  // Read by Exchange handlers, which never take step_mutex_ (a Step blocks inside the all-to-all).
+  absl::Mutex exchange_mutex_;
+  std::shared_ptr<GrpcExchange> exchange_ ABSL_GUARDED_BY(exchange_mutex_);
+};
+
+}  // namespace moe
+
+#endif  // MOE_WORKER_WORKER_SERVICE_H_
