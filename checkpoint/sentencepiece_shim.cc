@@ -1,38 +1,49 @@
 #include "checkpoint/sentencepiece_shim.h"
 
 #include <sentencepiece_processor.h>
-#include <sentencepiece_trainer.h>
 
-namespace moe::sp_shim {
+#include <string>
+#include <vector>
 
-struct Processor::Impl {
-  sentencepiece::SentencePieceProcessor sp;
-};
+namespace {
+thread_local std::string g_error;
+thread_local std::string g_text;
 
-Processor::Processor() : impl_(std::make_unique<Impl>()) {}
-Processor::~Processor() = default;
+const char* Result(const sentencepiece::util::Status& s) {
+  if (s.ok()) return nullptr;
+  g_error = s.ToString();
+  return g_error.c_str();
+}
+}  // namespace
 
-std::string Processor::Load(const std::string& path) {
-  auto s = impl_->sp.Load(path);
-  return s.ok() ? "" : s.ToString();
+extern "C" {
+
+void* moe_sp_new() { return new sentencepiece::SentencePieceProcessor(); }
+void moe_sp_delete(void* p) { delete static_cast<sentencepiece::SentencePieceProcessor*>(p); }
+
+const char* moe_sp_load(void* p, const char* path) {
+  return Result(static_cast<sentencepiece::SentencePieceProcessor*>(p)->Load(path));
 }
 
-std::string Processor::Encode(const std::string& text, std::vector<int>* ids) const {
-  auto s = impl_->sp.Encode(text, ids);
-  return s.ok() ? "" : s.ToString();
+const char* moe_sp_encode(void* p, const char* text, int text_len, int* ids, int capacity, int* count) {
+  std::vector<int> out;
+  auto s = static_cast<sentencepiece::SentencePieceProcessor*>(p)->Encode(std::string(text, static_cast<size_t>(text_len)), &out);
+  if (!s.ok()) return Result(s);
+  *count = static_cast<int>(out.size());
+  for (int i = 0; i < *count && i < capacity; ++i) ids[i] = out[i];
+  return nullptr;
 }
 
-std::string Processor::Decode(const std::vector<int>& ids, std::string* text) const {
-  auto s = impl_->sp.Decode(ids, text);
-  return s.ok() ? "" : s.ToString();
+const char* moe_sp_decode(void* p, const int* ids, int count, const char** text, int* len) {
+  std::vector<int> in(ids, ids + count);
+  auto s = static_cast<sentencepiece::SentencePieceProcessor*>(p)->Decode(in, &g_text);
+  if (!s.ok()) return Result(s);
+  *text = g_text.data();
+  *len = static_cast<int>(g_text.size());
+  return nullptr;
 }
 
-int Processor::PieceSize() const { return impl_->sp.GetPieceSize(); }
-bool Processor::IsControl(int id) const { return impl_->sp.IsControl(id); }
+int moe_sp_piece_size(void* p) { return static_cast<sentencepiece::SentencePieceProcessor*>(p)->GetPieceSize(); }
+int moe_sp_is_control(void* p, int id) { return static_cast<sentencepiece::SentencePieceProcessor*>(p)->IsControl(id); }
 
-std::string Train(const std::string& args) {
-  auto s = sentencepiece::SentencePieceTrainer::Train(args);
-  return s.ok() ? "" : s.ToString();
-}
-
-}  // namespace moe::sp_shim
+}  // extern "C"

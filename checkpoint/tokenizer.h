@@ -6,21 +6,17 @@
 #include <memory>
 #include <span>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace moe::sp_shim {
-class Processor;
-}
-
 namespace moe {
 
 class Tokenizer {
  public:
-  // INVALID_ARGUMENT naming the file when it is not a SentencePiece model.
+  // INVALID_ARGUMENT naming the file when it is not a SentencePiece model; UNAVAILABLE when the
+  // sentencepiece shim library cannot be loaded.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& path);
   ~Tokenizer();
 
@@ -30,12 +26,12 @@ class Tokenizer {
   std::string Decode(std::span<const int32_t> ids) const;
   int vocab_size() const;
 
-  // Trains a byte-fallback BPE model on `corpus_file`, writing <model_prefix>.model.
+  // Trains a byte-fallback BPE model on `corpus_file`, writing <model_prefix>.model (runs spm_train).
   static absl::Status Train(const std::string& corpus_file, const std::string& model_prefix, int vocab_size);
 
  private:
-  Tokenizer();
-  std::unique_ptr<sp_shim::Processor> sp_;
+  Tokenizer() = default;
+  void* processor_ = nullptr;
 };
 
 }  // namespace moe

@@ -1,0 +1,148 @@
+// The coordinator's core: membership, placement, admission and the continuous-batching engine loop that
+// drives every worker one step at a time. The gRPC front ends (inference_service.h, the Coordinator
+// service below) are thin layers over it.
+#ifndef MOE_COORDINATOR_COORDINATOR_H_
+#define MOE_COORDINATOR_COORDINATOR_H_
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "checkpoint/model_config.h"
+#include "common/shard_map.h"
+#include "coordinator/metrics.h"
+#include "coordinator/placement.h"
+#include "engine/sampler.h"
+#include "moe/v1/cluster.grpc.pb.h"
+#include "moe/v1/inference.pb.h"
+
+namespace moe {
+
+struct CoordinatorOptions {
+  std::string model_dir;
+  int num_workers = 1;
+  int max_queued = 256;             // waiting requests beyond this: RESOURCE_EXHAUSTED
+  int max_running = 64;             // sequences in the running batch
+  int64_t max_batch_tokens = 4096;  // prompt tokens admitted per step (a longer prompt is refused)
+  std::chrono::milliseconds heartbeat_timeout{2000};
+  std::chrono::milliseconds step_timeout{60000};
+  PlacementOptions placement;
+};
+
+// A validated request in token space.
+struct GenerationSpec {
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 16;
+  SamplingParams sampling;
+  std::string task;
+};
+
+// What the scheduler has produced for one request; shared by the scheduler (producer) and the
+// request's RPC handler (consumer).
+class RequestHandle {
+ public:
+  struct Update {
+    std::vector<int32_t> tokens;  // new since the previous Wait
+    bool done = false;
+    v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
+    absl::Status status;  // not OK when the request failed
+    int64_t all2all_bytes = 0;
+  };
+  // Returns what arrived, waiting at most `timeout` for something to arrive.
+  Update Wait(std::chrono::milliseconds timeout);
+  // Asks the scheduler to drop the request (client gone, stop string seen). Idempotent.
+  void Cancel();
+  bool cancelled() const;
+
+  // Scheduler side.
+  void Push(int32_t token, int64_t all2all_bytes);
+  void Finish(v1::FinishReason reason);
+  void Fail(absl::Status status);
+
+ private:
+  mutable absl::Mutex mutex_;
+  std::vector<int32_t> pending_ ABSL_GUARDED_BY(mutex_);
+  bool done_ ABSL_GUARDED_BY(mutex_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mutex_) = false;
+  v1::FinishReason reason_ ABSL_GUARDED_BY(mutex_) = v1::FINISH_REASON_UNSPECIFIED;
+  absl::Status status_ ABSL_GUARDED_BY(mutex_);
+  int64_t all2all_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
+};
+
+class Coordinator final : public v1::Coordinator::Service {
+ public:
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(const CoordinatorOptions& options);
+  ~Coordinator() override;
+
+  const ModelConfig& config() const { return config_; }
+  ClusterMetrics& metrics() { return *metrics_; }
+  uint64_t epoch() const;
+  bool ready() const;
+
+  // Control plane.
+  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest*, v1::RegisterResponse*) override;
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*, v1::HeartbeatResponse*) override;
+
+  // Waits until all workers have registered and loaded their shards (then the engine loop runs).
+  absl::Status WaitUntilReady(std::chrono::milliseconds timeout);
+
+  // Validates and enqueues a request. INVALID_ARGUMENT (bad prompt, sampling, task, length),
+  // RESOURCE_EXHAUSTED (queue full, prompt over the batch limit), UNAVAILABLE (not ready, failed).
+  absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationSpec spec);
+
+  // Stops the engine loop; every request still open fails with UNAVAILABLE.
+  void Shutdown();
+
+ private:
+  struct Sequence {
+    uint64_t id = 0;
+    GenerationSpec spec;
+    std::shared_ptr<RequestHandle> handle;
+    int worker = -1;
+    int64_t generated = 0;
+    int32_t last_token = -1;
+    bool started = false;
+    std::chrono::steady_clock::time_point arrival, last_token_time;
+  };
+  struct WorkerInfo {
+    std::string address;
+    std::chrono::steady_clock::time_point last_heartbeat;
+    std::unique_ptr<v1::Worker::Stub> stub;
+  };
+
+  explicit Coordinator(const CoordinatorOptions& options, ModelConfig config);
+  absl::Status LoadShards();
+  void EngineLoop();
+  absl::Status RunStep();
+  void FailAll(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  const CoordinatorOptions options_;
+  const ModelConfig config_;
+  std::unique_ptr<ClusterMetrics> metrics_;
+
+  mutable absl::Mutex mutex_;
+  std::vector<WorkerInfo> workers_ ABSL_GUARDED_BY(mutex_);
+  ShardMap shard_map_ ABSL_GUARDED_BY(mutex_);
+  bool ready_ ABSL_GUARDED_BY(mutex_) = false;
+  absl::Status failed_ ABSL_GUARDED_BY(mutex_);  // set once the cluster cannot serve
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  std::deque<Sequence> queue_ ABSL_GUARDED_BY(mutex_);
+  uint64_t next_sequence_id_ ABSL_GUARDED_BY(mutex_) = 1;
+
+  // Owned by the engine loop thread only.
+  std::map<uint64_t, Sequence> running_;
+  std::vector<std::vector<uint64_t>> release_;  // per worker, sent with the next step
+  uint64_t step_id_ = 0;
+  std::thread engine_thread_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_COORDINATOR_COORDINATOR_H_

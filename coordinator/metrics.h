@@ -1,0 +1,78 @@
+// The coordinator's Prometheus metrics and a minimal HTTP endpoint serving them (GET /metrics).
+#ifndef MOE_COORDINATOR_METRICS_H_
+#define MOE_COORDINATOR_METRICS_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace moe {
+
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> upper_bounds);
+  void Observe(double value);
+  // Prometheus text exposition of this histogram under `name`.
+  std::string Render(const std::string& name, const std::string& help) const;
+  int64_t count() const;
+
+ private:
+  std::vector<double> bounds_;
+  mutable absl::Mutex mutex_;
+  std::vector<int64_t> counts_ ABSL_GUARDED_BY(mutex_);
+  double sum_ ABSL_GUARDED_BY(mutex_) = 0;
+  int64_t total_ ABSL_GUARDED_BY(mutex_) = 0;
+};
+
+// Everything the coordinator exports. Thread-safe.
+class ClusterMetrics {
+ public:
+  ClusterMetrics(int num_layers, int num_experts, int num_workers);
+
+  Histogram ttft_seconds;
+  Histogram inter_token_seconds;
+  std::atomic<int64_t> requests_total{0};
+  std::atomic<int64_t> requests_rejected{0};
+  std::atomic<int64_t> tokens_generated{0};
+  std::atomic<int64_t> prompt_tokens{0};
+  std::atomic<int64_t> queue_depth{0};
+  std::atomic<int64_t> running{0};
+  std::atomic<int64_t> steps{0};
+
+  // Adds one worker's step report.
+  void AddStepTraffic(int worker, const std::vector<int64_t>& per_layer, const std::vector<int64_t>& per_peer,
+                      const std::vector<int64_t>& expert_tokens);
+  std::string Render() const;
+
+ private:
+  int num_layers_, num_experts_, num_workers_;
+  const double start_seconds_;
+  mutable absl::Mutex mutex_;
+  std::vector<int64_t> layer_bytes_ ABSL_GUARDED_BY(mutex_);
+  std::vector<int64_t> pair_bytes_ ABSL_GUARDED_BY(mutex_);    // [from * workers + to]
+  std::vector<int64_t> expert_tokens_ ABSL_GUARDED_BY(mutex_); // [layer * experts + expert]
+};
+
+// Serves GET /metrics with `render()` on a loopback-or-any port; one connection at a time.
+class MetricsHttpServer {
+ public:
+  ~MetricsHttpServer();
+  // Binds host:port (port 0 picks one) and starts serving; returns the port.
+  absl::StatusOr<int> Start(const std::string& host, int port, std::function<std::string()> render);
+  void Stop();
+
+ private:
+  int fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_COORDINATOR_METRICS_H_

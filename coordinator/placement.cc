@@ -1,0 +1,70 @@
+#include "coordinator/placement.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace moe {
+
+absl::StatusOr<ShardMap> PlaceExperts(const ModelConfig& c, int num_workers,
+                                      const std::vector<std::vector<double>>& expert_load,
+                                      const PlacementOptions& options, uint64_t epoch) {
+  if (num_workers < 1) return absl::InvalidArgumentError("placement needs at least one worker");
+  if (!expert_load.empty() && static_cast<int64_t>(expert_load.size()) != c.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("expert load has ", expert_load.size(), " layers, the model ", c.num_layers));
+  }
+  ShardMap m;
+  m.epoch = epoch;
+  m.num_workers = num_workers;
+  ShardMap::Stage stage{0, c.num_layers, {}};
+  for (int w = 0; w < num_workers; ++w) stage.workers.push_back(w);
+  m.stages.push_back(stage);
+  m.owners.resize(static_cast<size_t>(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    if (!c.IsMoeLayer(l)) continue;
+    std::vector<double> load(static_cast<size_t>(c.num_experts), 1.0);
+    if (!expert_load.empty() && !expert_load[l].empty()) {
+      if (static_cast<int64_t>(expert_load[l].size()) != c.num_experts) {
+        return absl::InvalidArgumentError(absl::StrCat("expert load of layer ", l, " has ", expert_load[l].size(), " experts"));
+      }
+      load = expert_load[l];
+      for (double& x : load) x = std::max(x, 0.0) + 1e-9;  // keep unused experts placeable
+    }
+    std::vector<int> order(static_cast<size_t>(c.num_experts));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return load[a] > load[b]; });
+    std::vector<double> worker_load(static_cast<size_t>(num_workers), 0.0);
+    std::vector<int> worker_count(static_cast<size_t>(num_workers), 0);
+    m.owners[l].assign(static_cast<size_t>(c.num_experts), {});
+    const double mean = std::accumulate(load.begin(), load.end(), 0.0) / static_cast<double>(c.num_experts);
+    auto least_loaded = [&](int exclude) {
+      int best = -1;
+      for (int w = 0; w < num_workers; ++w) {
+        if (w == exclude) continue;
+        if (best < 0 || worker_load[w] < worker_load[best] ||
+            (worker_load[w] == worker_load[best] && worker_count[w] < worker_count[best])) {
+          best = w;
+        }
+      }
+      return best;
+    };
+    for (int e : order) {
+      const bool replicate = options.replicate_above > 0 && num_workers > 1 && load[e] > options.replicate_above * mean;
+      const int first = least_loaded(-1);
+      m.owners[l][e].push_back(first);
+      const double share = replicate ? load[e] / 2 : load[e];
+      worker_load[first] += share;
+      ++worker_count[first];
+      if (replicate) {
+        const int second = least_loaded(first);
+        m.owners[l][e].push_back(second);
+        worker_load[second] += share;
+        ++worker_count[second];
+      }
+    }
+  }
+  return m;
+}
+
+}  // namespace moe

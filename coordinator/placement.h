@@ -1,0 +1,30 @@
+// Expert placement: a pure function from (model, workers, measured expert load) to a ShardMap.
+// The coordinator calls it live; the simulator calls the same function.
+#ifndef MOE_COORDINATOR_PLACEMENT_H_
+#define MOE_COORDINATOR_PLACEMENT_H_
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "checkpoint/model_config.h"
+#include "common/shard_map.h"
+
+namespace moe {
+
+struct PlacementOptions {
+  // An expert whose load exceeds this multiple of its layer's mean per-expert load gets one more
+  // replica (on the least-loaded other worker). <= 0 disables replication.
+  double replicate_above = 0.0;
+};
+
+// Per layer, experts are taken from most to least loaded and each goes to the worker with the least
+// load so far (ties: fewer experts, then lower id). `expert_load[layer][expert]` is measured load
+// (e.g. tokens routed); empty means uniform. INVALID_ARGUMENT for num_workers < 1 or a load table of
+// the wrong shape.
+absl::StatusOr<ShardMap> PlaceExperts(const ModelConfig& config, int num_workers,
+                                      const std::vector<std::vector<double>>& expert_load,
+                                      const PlacementOptions& options, uint64_t epoch);
+
+}  // namespace moe
+
+#endif  // MOE_COORDINATOR_PLACEMENT_H_
