@@ -1,0 +1,250 @@
+// System tests of the cluster as real processes: cluster/run-local starts moe-coordinator and N
+// moe-worker processes on loopback; clients talk to it over gRPC like any user would.
+#include <filesystem>
+#include <thread>
+
+#include "checkpoint/random_checkpoint.h"
+#include "common/status.h"
+#include "common/status_matchers.h"
+#include "engine/generator.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "moe/v1/inference.grpc.pb.h"
+#include "proto/grpc_util.h"
+#include "tests/local_cluster.h"
+
+namespace moe {
+namespace {
+
+using ::moe::testing::IsOk;
+using ::moe::testing::LocalCluster;
+
+constexpr auto kCallDeadline = std::chrono::seconds(120);
+
+const std::string& ModelDir() {
+  static const std::string dir = [] {
+    const auto d = std::filesystem::temp_directory_path() / ("moe_cluster_test_" + std::to_string(::getpid()));
+    RandomCheckpointOptions o;
+    o.num_layers = 3;
+    o.hidden_size = 64;
+    o.num_experts = 8;
+    o.tokenizer = false;
+    o.max_position_embeddings = 512;
+    EXPECT_THAT(WriteRandomCheckpoint(d.string(), o), IsOk());
+    return d.string();
+  }();
+  return dir;
+}
+
+std::vector<int32_t> Prompt(int i) {
+  std::vector<int32_t> p = {1};
+  for (int j = 0; j < 3 + i % 7; ++j) p.push_back(3 + (i * 37 + j * 11) % 500);
+  return p;
+}
+
+// Greedy tokens of the single-process engine (EOS excluded, as the API reports them).
+std::vector<std::vector<int32_t>> EngineGreedy(const std::vector<std::vector<int32_t>>& prompts, int64_t max_tokens) {
+  ThreadPool pool(1);
+  auto source = ModelSource::Open(ModelDir());
+  EXPECT_THAT(source, IsOk());
+  auto weights = LoadModelWeights(std::move(*source), {}, &pool);
+  EXPECT_THAT(weights, IsOk());
+  Model model(std::move(*weights), &pool);
+  std::vector<GenerationRequest> requests;
+  for (const auto& p : prompts) requests.push_back({p, max_tokens, {}, true});
+  auto results = Generate(model, requests);
+  EXPECT_THAT(results, IsOk());
+  std::vector<std::vector<int32_t>> out;
+  for (auto& r : *results) {
+    if (r.finish == FinishReason::kEos) r.tokens.pop_back();
+    out.push_back(r.tokens);
+  }
+  return out;
+}
+
+std::unique_ptr<v1::Inference::Stub> Client(const LocalCluster& c) {
+  return v1::Inference::NewStub(grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials()));
+}
+
+v1::GenerateRequest Request(const std::vector<int32_t>& prompt, int max_tokens) {
+  v1::GenerateRequest r;
+  *r.mutable_prompt_token_ids() = {prompt.begin(), prompt.end()};
+  r.set_max_tokens(max_tokens);
+  return r;
+}
+
+class ClusterTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(ClusterTest, GreedyOutputEqualsTheSingleProcessEngine) {
+  const int workers = GetParam();
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 10; ++i) prompts.push_back(Prompt(i));
+  const auto expected = EngineGreedy(prompts, 12);
+  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), workers));
+  auto stub = Client(*cluster);
+  std::vector<v1::GenerateResponse> responses(prompts.size());
+  std::vector<grpc::Status> status(prompts.size());
+  std::vector<std::thread> threads;  // all at once, so they share engine steps
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(DeadlineAfter(kCallDeadline));
+      status[i] = stub->Complete(&ctx, Request(prompts[i], 12), &responses[i]);
+    });
+  }
+  for (auto& t : threads) t.join();
+  int64_t all2all = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(status[i].ok()) << status[i].error_message();
+    EXPECT_EQ(std::vector<int32_t>(responses[i].token_ids().begin(), responses[i].token_ids().end()), expected[i])
+        << workers << " workers, prompt " << i;
+    EXPECT_EQ(responses[i].usage().prompt_tokens(), static_cast<int64_t>(prompts[i].size()));
+    EXPECT_EQ(responses[i].usage().completion_tokens(), responses[i].token_ids_size());
+    all2all += responses[i].usage().all2all_bytes();
+  }
+  if (workers == 1) EXPECT_EQ(all2all, 0);
+  else EXPECT_GT(all2all, 0);
+  EXPECT_THAT(cluster->Stop(), IsOk());
+}
+
+INSTANTIATE_TEST_SUITE_P(Workers, ClusterTest, ::testing::Values(1, 2, 4));
+
+TEST(ClusterSystemTest, SixtyFourConcurrentStreamsAllCompleteUnmixed) {
+  constexpr int kClients = 64;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < kClients; ++i) prompts.push_back(Prompt(i));
+  const auto expected = EngineGreedy(prompts, 10);
+  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), 4));
+  auto stub = Client(*cluster);
+  std::vector<std::vector<int32_t>> got(kClients);
+  std::vector<grpc::Status> status(kClients);
+  std::vector<v1::FinishReason> finish(kClients);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(DeadlineAfter(kCallDeadline));
+      auto reader = stub->Generate(&ctx, Request(prompts[i], 10));
+      v1::GenerateResponse r;
+      while (reader->Read(&r)) {
+        got[i].insert(got[i].end(), r.token_ids().begin(), r.token_ids().end());
+        if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) finish[i] = r.finish_reason();
+      }
+      status[i] = reader->Finish();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(status[i].ok()) << i << ": " << status[i].error_message();
+    EXPECT_EQ(got[i], expected[i]) << "client " << i;
+    EXPECT_TRUE(finish[i] == v1::FINISH_REASON_LENGTH || finish[i] == v1::FINISH_REASON_EOS) << i;
+  }
+  // The metrics saw the traffic.
+  auto metrics = ::moe::testing::HttpGet(cluster->metrics_url(), std::chrono::seconds(5));
+  ASSERT_THAT(metrics, IsOk());
+  EXPECT_NE(metrics->find("moe_time_to_first_token_seconds_count 64"), std::string::npos) << *metrics;
+  EXPECT_NE(metrics->find("moe_all2all_pair_bytes_total{src=\"0\",dst=\"1\"}"), std::string::npos);
+}
+
+TEST(ClusterSystemTest, CancelFreesTheSlotAndLimitsGiveResourceExhausted) {
+  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), 2, {"--max-running", "1", "--max-queued", "1",
+                                                                             "--max-batch-tokens", "16"}));
+  auto stub = Client(*cluster);
+  {  // A long stream takes the only running slot; the client cancels after a few tokens.
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(kCallDeadline));
+    auto reader = stub->Generate(&ctx, Request(Prompt(1), 400));
+    v1::GenerateResponse r;
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(reader->Read(&r));
+    ctx.TryCancel();
+    while (reader->Read(&r)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  {  // The slot is free again: a new request completes (it would wait for 400 tokens otherwise).
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(std::chrono::seconds(30)));
+    v1::GenerateResponse r;
+    grpc::Status s = stub->Complete(&ctx, Request(Prompt(2), 4), &r);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(r.token_ids_size() + (r.finish_reason() == v1::FINISH_REASON_EOS ? 1 : 0) > 0, true);
+  }
+  {  // One running + one queued: a burst of long requests gets RESOURCE_EXHAUSTED, never a hang.
+    constexpr int kBurst = 6;
+    std::vector<grpc::Status> status(kBurst);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kBurst; ++i) {
+      threads.emplace_back([&, i] {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(DeadlineAfter(kCallDeadline));
+        v1::GenerateResponse r;
+        status[i] = stub->Complete(&ctx, Request(Prompt(i), 200), &r);
+      });
+    }
+    for (auto& t : threads) t.join();
+    int exhausted = 0, ok = 0;
+    for (const auto& s : status) {
+      exhausted += s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+      ok += s.ok();
+    }
+    EXPECT_GE(exhausted, 1);
+    EXPECT_GE(ok, 1);
+    EXPECT_EQ(exhausted + ok, kBurst);
+  }
+  // A prompt over the batch token limit is refused at once.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineAfter(std::chrono::seconds(10)));
+  v1::GenerateResponse r;
+  EXPECT_EQ(stub->Complete(&ctx, Request(std::vector<int32_t>(20, 5), 4), &r).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(cluster->Stop(), IsOk());
+}
+
+TEST(ClusterSystemTest, BadRequestsGetInvalidArgumentAndHealthServes) {
+  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), 1));
+  auto stub = Client(*cluster);
+  auto call = [&](v1::GenerateRequest req) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(std::chrono::seconds(10)));
+    v1::GenerateResponse r;
+    return stub->Complete(&ctx, req, &r);
+  };
+  struct Case {
+    const char* name;
+    v1::GenerateRequest request;
+    const char* message;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"empty prompt", Request({}, 4), "empty prompt"});
+  auto hot = Request(Prompt(0), 4);
+  hot.set_temperature(-1);
+  cases.push_back({"negative temperature", hot, "temperature"});
+  auto top_p = Request(Prompt(0), 4);
+  top_p.set_top_p(2);
+  cases.push_back({"top_p", top_p, "top_p"});
+  auto task = Request(Prompt(0), 4);
+  task.set_task("nonexistent");
+  cases.push_back({"unknown task", task, "unknown task"});
+  cases.push_back({"too long", Request(Prompt(0), 600), "longer than the context"});
+  cases.push_back({"bad token", Request({1, 99999}, 4), "outside the vocabulary"});
+  auto text = Request({}, 4);
+  text.set_prompt("no tokenizer here");
+  cases.push_back({"text without tokenizer", text, "no tokenizer"});
+  for (const Case& c : cases) {
+    grpc::Status s = call(c.request);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find(c.message), std::string::npos) << c.name << ": " << s.error_message();
+  }
+  auto health = grpc::health::v1::Health::NewStub(grpc::CreateChannel(cluster->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineAfter(std::chrono::seconds(10)));
+  grpc::health::v1::HealthCheckRequest hreq;
+  grpc::health::v1::HealthCheckResponse hresp;
+  ASSERT_TRUE(health->Check(&ctx, hreq, &hresp).ok());
+  EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_THAT(cluster->Stop(), IsOk());
+}
+
+}  // namespace
+}  // namespace moe

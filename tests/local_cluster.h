@@ -1,0 +1,41 @@
+// Test helper: a real local cluster (cluster/run-local: coordinator + N worker processes on loopback),
+// started in its own session and torn down with SIGTERM, every wait bounded by a deadline.
+#ifndef MOE_TESTS_LOCAL_CLUSTER_H_
+#define MOE_TESTS_LOCAL_CLUSTER_H_
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace moe::testing {
+
+class LocalCluster {
+ public:
+  // Starts run-local and waits (up to `timeout`) for "listening on ADDR" and the metrics line.
+  static absl::StatusOr<std::unique_ptr<LocalCluster>> Start(const std::string& model_dir, int workers,
+                                                             const std::vector<std::string>& coordinator_flags = {},
+                                                             std::chrono::seconds timeout = std::chrono::seconds(120));
+  ~LocalCluster();
+
+  const std::string& address() const { return address_; }
+  const std::string& metrics_url() const { return metrics_url_; }
+  // Sends SIGTERM to run-local and waits for it; returns OK when it exited and no process of its
+  // session is left.
+  absl::Status Stop(std::chrono::seconds timeout = std::chrono::seconds(20));
+
+ private:
+  LocalCluster() = default;
+  int pid_ = -1;
+  int stdout_fd_ = -1;
+  bool stopped_ = false;
+  std::string address_, metrics_url_;
+};
+
+// GET http://host:port/path over loopback; the body, or an error. Bounded by `timeout`.
+absl::StatusOr<std::string> HttpGet(const std::string& url, std::chrono::milliseconds timeout);
+
+}  // namespace moe::testing
+
+#endif  // MOE_TESTS_LOCAL_CLUSTER_H_
