@@ -12,13 +12,13 @@
 #include "gtest/gtest.h"
 #include "moe/v1/inference.grpc.pb.h"
 #include "proto/grpc_util.h"
-#include "tests/local_cluster.h"
+#include "cluster/local_cluster.h"
 
 namespace moe {
 namespace {
 
 using ::moe::testing::IsOk;
-using ::moe::testing::LocalCluster;
+
 
 constexpr auto kCallDeadline = std::chrono::seconds(120);
 
@@ -141,7 +141,7 @@ TEST(ClusterSystemTest, SixtyFourConcurrentStreamsAllCompleteUnmixed) {
     EXPECT_TRUE(finish[i] == v1::FINISH_REASON_LENGTH || finish[i] == v1::FINISH_REASON_EOS) << i;
   }
   // The metrics saw the traffic.
-  auto metrics = ::moe::testing::HttpGet(cluster->metrics_url(), std::chrono::seconds(5));
+  auto metrics = HttpGet(cluster->metrics_url(), std::chrono::seconds(5));
   ASSERT_THAT(metrics, IsOk());
   EXPECT_NE(metrics->find("moe_time_to_first_token_seconds_count 64"), std::string::npos) << *metrics;
   EXPECT_NE(metrics->find("moe_all2all_pair_bytes_total{src=\"0\",dst=\"1\"}"), std::string::npos);

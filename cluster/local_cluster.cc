@@ -1,4 +1,4 @@
-#include "tests/local_cluster.h"
+#include "cluster/local_cluster.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -18,15 +18,17 @@
 
 extern char** environ;
 
-namespace moe::testing {
+namespace moe {
 
 absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::string& model_dir, int workers,
                                                                    const std::vector<std::string>& flags,
-                                                                   std::chrono::seconds timeout) {
+                                                                   std::chrono::seconds timeout,
+                                                                   const std::vector<std::string>& run_local_flags) {
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
   std::vector<std::string> args = {std::string(MOE_SOURCE_DIR) + "/cluster/run-local", "--workers", std::to_string(workers),
                                    "--model", model_dir, "--port", "0"};
+  args.insert(args.end(), run_local_flags.begin(), run_local_flags.end());
   if (!flags.empty()) {
     args.push_back("--");
     args.insert(args.end(), flags.begin(), flags.end());
@@ -130,4 +132,4 @@ absl::StatusOr<std::string> HttpGet(const std::string& url, std::chrono::millise
   return response.substr(body + 4);
 }
 
-}  // namespace moe::testing
+}  // namespace moe

@@ -1,7 +1,7 @@
-// Test helper: a real local cluster (cluster/run-local: coordinator + N worker processes on loopback),
+// A real local cluster (cluster/run-local: coordinator + N worker processes on loopback),
 // started in its own session and torn down with SIGTERM, every wait bounded by a deadline.
-#ifndef MOE_TESTS_LOCAL_CLUSTER_H_
-#define MOE_TESTS_LOCAL_CLUSTER_H_
+#ifndef MOE_CLUSTER_LOCAL_CLUSTER_H_
+#define MOE_CLUSTER_LOCAL_CLUSTER_H_
 
 #include <chrono>
 #include <string>
@@ -9,14 +9,15 @@
 
 #include "absl/status/statusor.h"
 
-namespace moe::testing {
+namespace moe {
 
 class LocalCluster {
  public:
   // Starts run-local and waits (up to `timeout`) for "listening on ADDR" and the metrics line.
   static absl::StatusOr<std::unique_ptr<LocalCluster>> Start(const std::string& model_dir, int workers,
                                                              const std::vector<std::string>& coordinator_flags = {},
-                                                             std::chrono::seconds timeout = std::chrono::seconds(120));
+                                                             std::chrono::seconds timeout = std::chrono::seconds(120),
+                                                             const std::vector<std::string>& run_local_flags = {});
   ~LocalCluster();
 
   const std::string& address() const { return address_; }
@@ -36,6 +37,6 @@ class LocalCluster {
 // GET http://host:port/path over loopback; the body, or an error. Bounded by `timeout`.
 absl::StatusOr<std::string> HttpGet(const std::string& url, std::chrono::milliseconds timeout);
 
-}  // namespace moe::testing
+}  // namespace moe
 
-#endif  // MOE_TESTS_LOCAL_CLUSTER_H_
+#endif  // MOE_CLUSTER_LOCAL_CLUSTER_H_
