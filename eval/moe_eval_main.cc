@@ -9,6 +9,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "common/flags.h"
+#include "eval/cluster_backend.h"
 #include "eval/engine_backend.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
@@ -19,7 +20,9 @@ ABSL_FLAG(int64_t, batch, 64, "prompts per batch");
 ABSL_FLAG(int64_t, max_tokens, 16, "generation limit per answer");
 ABSL_FLAG(std::string, json, "", "write results (with expert usage) to this file");
 ABSL_FLAG(double, min_accuracy, 0.0, "exit 2 if any task scores below this");
-ABSL_FLAG(std::string, backend, "engine", "engine (in-process); the cluster backend comes with the cluster");
+ABSL_FLAG(std::string, backend, "engine", "engine (in-process) or cluster (--server)");
+ABSL_FLAG(std::string, server, "", "cluster address for --backend cluster");
+ABSL_FLAG(std::string, task, "", "task expert map sent with every request (cluster backend)");
 ABSL_FLAG(int32_t, threads, 0, "threads (0 = one per core)");
 
 namespace {
@@ -27,16 +30,25 @@ int Fail(const std::string& m) {
   std::cerr << "moe-eval: " << m << "\n";
   return 1;
 }
+int Report(const std::vector<moe::TaskResult>& results, double all2all_bytes_per_token);
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> storage;
   std::vector<char*> args = moe::NormalizeFlagDashes(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
-  if (absl::GetFlag(FLAGS_backend) != "engine") return Fail("--backend must be 'engine'");
-  if (absl::GetFlag(FLAGS_model).empty()) return Fail("--model is required");
+  const std::string backend_name = absl::GetFlag(FLAGS_backend);
+  if (backend_name != "engine" && backend_name != "cluster") return Fail("--backend must be engine or cluster");
   auto suite = moe::LoadTaskSuite(absl::GetFlag(FLAGS_tasks), absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_limit));
   if (!suite.ok()) return Fail(suite.status().ToString());
+  if (backend_name == "cluster") {
+    if (absl::GetFlag(FLAGS_server).empty()) return Fail("--backend cluster needs --server");
+    moe::ClusterBackend cluster(absl::GetFlag(FLAGS_server), absl::GetFlag(FLAGS_task));
+    auto results = moe::EvaluateTasks(cluster, *suite, absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_max_tokens));
+    if (!results.ok()) return Fail(results.status().ToString());
+    return Report(*results, cluster.completion_tokens() ? static_cast<double>(cluster.all2all_bytes()) / cluster.completion_tokens() : 0);
+  }
+  if (absl::GetFlag(FLAGS_model).empty()) return Fail("--model is required");
   auto source = moe::ModelSource::Open(absl::GetFlag(FLAGS_model));
   if (!source.ok()) return Fail(source.status().ToString());
   if ((*source)->tokenizer_path().empty()) return Fail("the model has no tokenizer.model");
@@ -49,18 +61,26 @@ int main(int argc, char** argv) {
   moe::EngineBackend backend(&model, tokenizer->get());
   auto results = moe::EvaluateTasks(backend, *suite, absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_max_tokens));
   if (!results.ok()) return Fail(results.status().ToString());
+  return Report(*results, -1);
+}
+
+namespace {
+// Prints one line per task (and the average), writes --json, and returns the exit code.
+int Report(const std::vector<moe::TaskResult>& results, double all2all_bytes_per_token) {
   bool below = false;
   double sum = 0;
-  for (const moe::TaskResult& r : *results) {
+  for (const moe::TaskResult& r : results) {
     std::cout << absl::StrFormat("%s accuracy=%.4f n=%d\n", r.task, r.accuracy(), r.total);
     below |= r.accuracy() < absl::GetFlag(FLAGS_min_accuracy);
     sum += r.accuracy();
   }
-  std::cout << absl::StrFormat("average accuracy=%.4f\n", sum / results->size());
+  std::cout << absl::StrFormat("average accuracy=%.4f\n", sum / static_cast<double>(results.size()));
+  if (all2all_bytes_per_token >= 0) std::cout << absl::StrFormat("all2all bytes per generated token=%.1f\n", all2all_bytes_per_token);
   if (!absl::GetFlag(FLAGS_json).empty()) {
     std::ofstream out(absl::GetFlag(FLAGS_json));
-    out << moe::TaskResultsToJson(*results).dump(1) << "\n";
+    out << moe::TaskResultsToJson(results).dump(1) << "\n";
     if (!out) return Fail("cannot write " + absl::GetFlag(FLAGS_json));
   }
   return below ? 2 : 0;
 }
+}  // namespace

@@ -5,8 +5,7 @@
 #include <thread>
 
 #include "common/status_matchers.h"
-#include "exchange/grpc_exchange.h"
-#include "exchange/in_process_exchange.h"
+#include "exchange/exchange_test_groups.h"
 #include "gtest/gtest.h"
 #include "proto/grpc_util.h"
 
@@ -15,53 +14,6 @@ namespace {
 
 using ::moe::testing::IsOk;
 using ::moe::testing::StatusIs;
-
-// A group of `size` members of one backend.
-class Group {
- public:
-  virtual ~Group() = default;
-  virtual Exchange* Member(int rank) = 0;
-};
-
-class InProcessGroup : public Group {
- public:
-  InProcessGroup(int size, std::chrono::milliseconds timeout) : group_(size, timeout) {}
-  Exchange* Member(int rank) override { return group_.Member(rank); }
-
- private:
-  InProcessExchangeGroup group_;
-};
-
-class GrpcGroup : public Group {
- public:
-  GrpcGroup(int size, std::chrono::milliseconds timeout) {
-    std::vector<std::string> addresses;
-    for (int i = 0; i < size; ++i) {
-      services_.push_back(std::make_unique<ExchangeOnlyService>());
-      grpc::ServerBuilder builder;
-      int port = 0;
-      builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-      builder.RegisterService(services_.back().get());
-      builder.SetMaxReceiveMessageSize(-1);
-      servers_.push_back(builder.BuildAndStart());
-      addresses.push_back("127.0.0.1:" + std::to_string(port));
-    }
-    for (int i = 0; i < size; ++i) {
-      members_.push_back(std::make_unique<GrpcExchange>(i, /*epoch=*/7, addresses, timeout));
-      services_[i]->set_target(members_.back().get());
-    }
-  }
-  ~GrpcGroup() override {
-    for (auto& s : servers_) s->Shutdown(DeadlineAfter(std::chrono::seconds(2)));
-  }
-  Exchange* Member(int rank) override { return members_[rank].get(); }
-  GrpcExchange* grpc_member(int rank) { return members_[rank].get(); }
-
- private:
-  std::vector<std::unique_ptr<ExchangeOnlyService>> services_;
-  std::vector<std::unique_ptr<grpc::Server>> servers_;
-  std::vector<std::unique_ptr<GrpcExchange>> members_;
-};
 
 using GroupFactory = std::function<std::unique_ptr<Group>(int, std::chrono::milliseconds)>;
 

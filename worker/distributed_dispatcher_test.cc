@@ -7,7 +7,7 @@
 #include "common/status.h"
 #include "common/status_matchers.h"
 #include "engine/model.h"
-#include "exchange/in_process_exchange.h"
+#include "exchange/exchange_test_groups.h"
 #include "gtest/gtest.h"
 
 namespace moe {
@@ -40,7 +40,10 @@ ShardMap Placement(const ModelConfig& c, int workers) {
   return m;
 }
 
-TEST(DistributedDispatcherTest, ShardedWorkersReproduceTheSingleProcessLogits) {
+// Over every Exchange backend that runs in one process (gRPC: real servers on loopback ports).
+class ShardedLogitsTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ShardedLogitsTest, ShardedWorkersReproduceTheSingleProcessLogits) {
   const std::vector<std::vector<int32_t>> prompts = {{1, 5, 9, 33}, {1, 200, 3, 4, 5, 6, 7}, {1}, {1, 44, 45}, {1, 7, 7, 7, 8}};
   ThreadPool pool(1);
   MOE_ASSERT_OK_AND_ASSIGN(auto source, ModelSource::Open(Checkpoint()));
@@ -58,7 +61,7 @@ TEST(DistributedDispatcherTest, ShardedWorkersReproduceTheSingleProcessLogits) {
 
   for (int workers : {1, 2, 4}) {
     const ShardMap map = Placement(single.config(), workers);
-    InProcessExchangeGroup group(workers);
+    auto group = MakeGroup(GetParam(), workers, std::chrono::seconds(10));
     std::vector<absl::Status> status(static_cast<size_t>(workers));
     std::vector<std::vector<std::vector<float>>> got(static_cast<size_t>(workers));
     std::vector<int64_t> bytes(static_cast<size_t>(workers));
@@ -73,7 +76,7 @@ TEST(DistributedDispatcherTest, ShardedWorkersReproduceTheSingleProcessLogits) {
           status[w] = weights.status();
           return;
         }
-        DistributedExpertDispatcher dispatcher(weights->get(), &map, group.Member(w), &local_pool);
+        DistributedExpertDispatcher dispatcher(weights->get(), &map, group->Member(w), &local_pool);
         Model model(std::move(*weights), &local_pool, &dispatcher);
         // Sequences are dealt round-robin; a worker with none still enters every collective.
         std::vector<std::unique_ptr<KvCache>> caches;
@@ -104,6 +107,8 @@ TEST(DistributedDispatcherTest, ShardedWorkersReproduceTheSingleProcessLogits) {
     else EXPECT_GT(bytes[0] + bytes[1], 0);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, ShardedLogitsTest, ::testing::Values("in_process", "grpc"));
 
 // An Exchange whose peer answers with garbage.
 class GarbageExchange : public Exchange {

@@ -1,0 +1,41 @@
+#include "eval/cluster_backend.h"
+
+#include <thread>
+
+#include "grpcpp/grpcpp.h"
+#include "proto/grpc_util.h"
+
+namespace moe {
+
+ClusterBackend::ClusterBackend(const std::string& address, std::string task)
+    : stub_(v1::Inference::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
+      task_(std::move(task)) {}
+
+absl::StatusOr<std::vector<std::string>> ClusterBackend::CompleteGreedy(const std::vector<std::string>& prompts,
+                                                                        int64_t max_tokens) {
+  std::vector<v1::GenerateResponse> responses(prompts.size());
+  std::vector<grpc::Status> status(prompts.size());
+  std::vector<std::thread> calls;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    calls.emplace_back([&, i] {
+      v1::GenerateRequest req;
+      req.set_prompt(prompts[i]);
+      req.set_max_tokens(static_cast<int32_t>(max_tokens));
+      req.set_task(task_);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(DeadlineAfter(std::chrono::minutes(5)));
+      status[i] = stub_->Complete(&ctx, req, &responses[i]);
+    });
+  }
+  for (auto& t : calls) t.join();
+  std::vector<std::string> out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (!status[i].ok()) return FromGrpcStatus(status[i], "cluster");
+    all2all_bytes_ += responses[i].usage().all2all_bytes();
+    completion_tokens_ += responses[i].usage().completion_tokens();
+    out.push_back(responses[i].text());
+  }
+  return out;
+}
+
+}  // namespace moe

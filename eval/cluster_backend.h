@@ -1,0 +1,32 @@
+// CompletionBackend over a running cluster's moe.v1.Inference service (text in, text out).
+#ifndef MOE_EVAL_CLUSTER_BACKEND_H_
+#define MOE_EVAL_CLUSTER_BACKEND_H_
+
+#include <memory>
+#include <string>
+
+#include "eval/task_suite.h"
+#include "moe/v1/inference.grpc.pb.h"
+
+namespace moe {
+
+class ClusterBackend : public CompletionBackend {
+ public:
+  // `task` is sent with every request (empty = full model).
+  ClusterBackend(const std::string& address, std::string task);
+  // Sends the prompts concurrently (one call each, greedy); the first failure is returned.
+  absl::StatusOr<std::vector<std::string>> CompleteGreedy(const std::vector<std::string>& prompts,
+                                                          int64_t max_tokens) override;
+  int64_t all2all_bytes() const { return all2all_bytes_; }
+  int64_t completion_tokens() const { return completion_tokens_; }
+
+ private:
+  std::unique_ptr<v1::Inference::Stub> stub_;
+  std::string task_;
+  int64_t all2all_bytes_ = 0;
+  int64_t completion_tokens_ = 0;
+};
+
+}  // namespace moe
+
+#endif  // MOE_EVAL_CLUSTER_BACKEND_H_

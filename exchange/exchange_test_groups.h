@@ -1,0 +1,74 @@
+// Test support: groups of Exchange members of each backend that can run inside one test process.
+// Used by the Exchange test suite and by tests of code above the seam.
+#ifndef MOE_EXCHANGE_EXCHANGE_TEST_GROUPS_H_
+#define MOE_EXCHANGE_EXCHANGE_TEST_GROUPS_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "exchange/grpc_exchange.h"
+#include "exchange/in_process_exchange.h"
+#include "proto/grpc_util.h"
+
+namespace moe {
+
+// A group of `size` members of one backend.
+class Group {
+ public:
+  virtual ~Group() = default;
+  virtual Exchange* Member(int rank) = 0;
+};
+
+// Members exchange through in-process mailboxes.
+class InProcessGroup : public Group {
+ public:
+  InProcessGroup(int size, std::chrono::milliseconds timeout) : group_(size, timeout) {}
+  Exchange* Member(int rank) override { return group_.Member(rank); }
+
+ private:
+  InProcessExchangeGroup group_;
+};
+
+// Members are real gRPC servers on loopback ports.
+class GrpcGroup : public Group {
+ public:
+  GrpcGroup(int size, std::chrono::milliseconds timeout) {
+    std::vector<std::string> addresses;
+    for (int i = 0; i < size; ++i) {
+      services_.push_back(std::make_unique<ExchangeOnlyService>());
+      grpc::ServerBuilder builder;
+      int port = 0;
+      builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+      builder.RegisterService(services_.back().get());
+      builder.SetMaxReceiveMessageSize(-1);
+      servers_.push_back(builder.BuildAndStart());
+      addresses.push_back("127.0.0.1:" + std::to_string(port));
+    }
+    for (int i = 0; i < size; ++i) {
+      members_.push_back(std::make_unique<GrpcExchange>(i, /*epoch=*/7, addresses, timeout));
+      services_[i]->set_target(members_.back().get());
+    }
+  }
+  ~GrpcGroup() override {
+    for (auto& s : servers_) s->Shutdown(DeadlineAfter(std::chrono::seconds(2)));
+  }
+  Exchange* Member(int rank) override { return members_[rank].get(); }
+  GrpcExchange* grpc_member(int rank) { return members_[rank].get(); }
+
+ private:
+  std::vector<std::unique_ptr<ExchangeOnlyService>> services_;
+  std::vector<std::unique_ptr<grpc::Server>> servers_;
+  std::vector<std::unique_ptr<GrpcExchange>> members_;
+};
+
+// "in_process" or "grpc".
+inline std::unique_ptr<Group> MakeGroup(const std::string& backend, int size, std::chrono::milliseconds timeout) {
+  if (backend == "grpc") return std::make_unique<GrpcGroup>(size, timeout);
+  return std::make_unique<InProcessGroup>(size, timeout);
+}
+
+}  // namespace moe
+
+#endif  // MOE_EXCHANGE_EXCHANGE_TEST_GROUPS_H_
