@@ -64,9 +64,7 @@ std::string RunCommand(const std::string& cmd) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> storage;
-  std::vector<char*> args = moe::NormalizeFlagDashes(argc, argv, &storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  moe::ParseFlags(argc, argv);
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (!std::filesystem::exists(dir + "/config.json")) {
     moe::RandomCheckpointOptions o;

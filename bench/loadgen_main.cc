@@ -135,9 +135,7 @@ std::string Row(const std::string& name, const RunStats& s, double engine_tps) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> storage;
-  std::vector<char*> args = moe::NormalizeFlagDashes(argc, argv, &storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  moe::ParseFlags(argc, argv);
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (dir.empty()) {
     std::cerr << "moe-loadgen: --model is required\n";

@@ -48,9 +48,7 @@ void Print(const moe::v1::GenerateResponse& r, bool ids) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> storage;
-  std::vector<char*> args = moe::NormalizeFlagDashes(argc, argv, &storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  moe::ParseFlags(argc, argv);
   moe::v1::GenerateRequest req;
   req.set_prompt(absl::GetFlag(FLAGS_prompt));
   for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_prompt_ids), ',', absl::SkipWhitespace())) {

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/parse.h"
+
 namespace moe {
 
 // Rewrites "--max-tokens=5" / "--max-tokens 5" to the Abseil spelling "--max_tokens" so users may write
@@ -24,6 +26,13 @@ inline std::vector<char*> NormalizeFlagDashes(int argc, char** argv, std::vector
   std::vector<char*> out;
   for (std::string& s : *storage) out.push_back(s.data());
   return out;
+}
+
+// absl::ParseCommandLine with dash-spelled flags accepted. Call once, first thing in main().
+inline void ParseFlags(int argc, char** argv) {
+  static std::vector<std::string> storage;  // argv strings must outlive the flags
+  std::vector<char*> args = NormalizeFlagDashes(argc, argv, &storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
 }
 
 }  // namespace moe

@@ -35,9 +35,7 @@ int Fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> arg_storage;
-  std::vector<char*> args = moe::NormalizeFlagDashes(argc, argv, &arg_storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  moe::ParseFlags(argc, argv);
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (dir.empty()) return Fail("--model is required");
   auto source = moe::ModelSource::Open(dir);

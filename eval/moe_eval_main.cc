@@ -34,9 +34,7 @@ int Report(const std::vector<moe::TaskResult>& results, double all2all_bytes_per
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> storage;
-  std::vector<char*> args = moe::NormalizeFlagDashes(argc, argv, &storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  moe::ParseFlags(argc, argv);
   const std::string backend_name = absl::GetFlag(FLAGS_backend);
   if (backend_name != "engine" && backend_name != "cluster") return Fail("--backend must be engine or cluster");
   auto suite = moe::LoadTaskSuite(absl::GetFlag(FLAGS_tasks), absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_limit));

@@ -31,9 +31,7 @@ ABSL_FLAG(bool, tokenizer, true, "train and write tokenizer.model");
 ABSL_FLAG(uint64_t, seed, 1, "weight seed");
 
 int main(int argc, char** argv) {
-  std::vector<std::string> arg_storage;
-  std::vector<char*> args = moe::NormalizeFlagDashes(argc, argv, &arg_storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  moe::ParseFlags(argc, argv);
   moe::RandomCheckpointOptions o;
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) {

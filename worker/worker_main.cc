@@ -26,9 +26,7 @@ void OnSignal(int) { g_stop = true; }
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> storage;
-  std::vector<char*> args = moe::NormalizeFlagDashes(argc, argv, &storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  moe::ParseFlags(argc, argv);
   if (absl::GetFlag(FLAGS_coordinator).empty() || absl::GetFlag(FLAGS_model).empty()) {
     std::cerr << "moe-worker: --coordinator and --model are required\n";
     return 1;
