@@ -24,6 +24,7 @@ ABSL_FLAG(std::string, backend, "engine", "engine (in-process) or cluster (--ser
 ABSL_FLAG(std::string, server, "", "cluster address for --backend cluster");
 ABSL_FLAG(std::string, task, "", "task expert map sent with every request (cluster backend)");
 ABSL_FLAG(int32_t, threads, 0, "threads (0 = one per core)");
+ABSL_FLAG(bool, print_usage, false, "print, per MoE layer, the share of each task's tokens routed to each expert");
 
 namespace {
 int Fail(const std::string& m) {
@@ -31,6 +32,7 @@ int Fail(const std::string& m) {
   return 1;
 }
 int Report(const std::vector<moe::TaskResult>& results, double all2all_bytes_per_token);
+void PrintUsage(const std::vector<moe::TaskResult>& results);
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -63,6 +65,27 @@ int main(int argc, char** argv) {
 }
 
 namespace {
+// Per layer, a task x expert table of the percentage of the task's routed token slots each expert got.
+void PrintUsage(const std::vector<moe::TaskResult>& results) {
+  if (results.empty() || results[0].expert_usage.empty()) return;
+  for (size_t layer = 0; layer < results[0].expert_usage.size(); ++layer) {
+    const size_t experts = results[0].expert_usage[layer].size();
+    if (experts == 0) continue;
+    std::cout << "\nexpert usage, layer " << layer << " (% of the task's routed slots)\n| task |";
+    for (size_t e = 0; e < experts; ++e) std::cout << " e" << e << " |";
+    std::cout << "\n|---|";
+    for (size_t e = 0; e < experts; ++e) std::cout << "---|";
+    std::cout << "\n";
+    for (const moe::TaskResult& r : results) {
+      int64_t total = 0;
+      for (int64_t n : r.expert_usage[layer]) total += n;
+      std::cout << "| " << r.task << " |";
+      for (int64_t n : r.expert_usage[layer]) std::cout << absl::StrFormat(" %.0f |", total ? 100.0 * n / total : 0.0);
+      std::cout << "\n";
+    }
+  }
+}
+
 // Prints one line per task (and the average), writes --json, and returns the exit code.
 int Report(const std::vector<moe::TaskResult>& results, double all2all_bytes_per_token) {
   bool below = false;
@@ -74,6 +97,7 @@ int Report(const std::vector<moe::TaskResult>& results, double all2all_bytes_per
   }
   std::cout << absl::StrFormat("average accuracy=%.4f\n", sum / static_cast<double>(results.size()));
   if (all2all_bytes_per_token >= 0) std::cout << absl::StrFormat("all2all bytes per generated token=%.1f\n", all2all_bytes_per_token);
+  if (absl::GetFlag(FLAGS_print_usage)) PrintUsage(results);
   if (!absl::GetFlag(FLAGS_json).empty()) {
     std::ofstream out(absl::GetFlag(FLAGS_json));
     out << moe::TaskResultsToJson(results).dump(1) << "\n";

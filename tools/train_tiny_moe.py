@@ -224,6 +224,8 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--aux", type=float, default=0.02)
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--task-weights", default="",
+                    help="oversample tasks, e.g. binary=3,lookup=3 (integer weights; default 1 each)")
     args = ap.parse_args()
     random.seed(0)
     torch.manual_seed(0)
@@ -242,7 +244,11 @@ def main():
         "router_aux_loss_coef": args.aux,
     }
     model = TinyMixtral(config)
-    examples = [encode(sp, r) for rows in train.values() for r in rows]
+    weights = {t: 1 for t in train}
+    for item in filter(None, args.task_weights.split(",")):
+        task, w = item.split("=")
+        weights[task] = int(w)
+    examples = [encode(sp, r) for t, rows in train.items() for _ in range(weights[t]) for r in rows]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = 200
     sched = torch.optim.lr_scheduler.LambdaLR(
