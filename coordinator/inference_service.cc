@@ -58,8 +58,9 @@ grpc::Status InferenceService::Run(grpc::ServerContext* context, const v1::Gener
     if (tokenizer_ != nullptr && !u.tokens.empty()) {
       text = tokenizer_->Decode(tokens);
       for (const std::string& stop : request.stop()) {
+        // Text before `emitted` held no stop string (the stream would have ended), so any match ends here.
         const size_t at = text.find(stop);
-        if (at != std::string::npos && at >= emitted - std::min(emitted, stop.size())) {
+        if (at != std::string::npos) {
           text.resize(std::max(at, emitted));
           stopped = true;
         }

@@ -13,6 +13,8 @@
 #include "moe/v1/inference.grpc.pb.h"
 #include "proto/grpc_util.h"
 #include "cluster/local_cluster.h"
+#include "eval/cluster_backend.h"
+#include "eval/engine_backend.h"
 
 namespace moe {
 namespace {
@@ -243,6 +245,58 @@ TEST(ClusterSystemTest, BadRequestsGetInvalidArgumentAndHealthServes) {
   grpc::health::v1::HealthCheckResponse hresp;
   ASSERT_TRUE(health->Check(&ctx, hreq, &hresp).ok());
   EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_THAT(cluster->Stop(), IsOk());
+}
+
+TEST(ClusterSystemTest, TheBundledModelAnswersTasksAsTheEngineDoesWithTextAndStopStrings) {
+  const std::string model_dir = std::string(MOE_SOURCE_DIR) + "/models/tiny-moe";
+  MOE_ASSERT_OK_AND_ASSIGN(auto suite, LoadTaskSuite(std::string(MOE_SOURCE_DIR) + "/data/tasks", "test", 20));
+  // The engine's answers.
+  ThreadPool pool(1);
+  MOE_ASSERT_OK_AND_ASSIGN(auto source, ModelSource::Open(model_dir));
+  MOE_ASSERT_OK_AND_ASSIGN(auto tokenizer, Tokenizer::Load(source->tokenizer_path()));
+  MOE_ASSERT_OK_AND_ASSIGN(auto weights, LoadModelWeights(std::move(source), {}, &pool));
+  Model model(std::move(weights), &pool);
+  EngineBackend engine(&model, tokenizer.get());
+  MOE_ASSERT_OK_AND_ASSIGN(auto expected, EvaluateTasks(engine, suite, 64, 16));
+
+  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(model_dir, 2));
+  ClusterBackend backend(cluster->address(), "");
+  MOE_ASSERT_OK_AND_ASSIGN(auto got, EvaluateTasks(backend, suite, 64, 16));
+  ASSERT_EQ(got.size(), expected.size());
+  for (size_t t = 0; t < got.size(); ++t) {
+    EXPECT_EQ(got[t].correct, expected[t].correct) << got[t].task;
+    EXPECT_EQ(got[t].total, 20);
+  }
+  EXPECT_GT(backend.all2all_bytes(), 0);
+
+  // Text streaming and stop strings: "rev abcd=" is answered "dcba" by the bundled model.
+  auto stub = Client(*cluster);
+  v1::GenerateRequest req;
+  req.set_prompt("rev abcd=");
+  req.set_max_tokens(10);
+  std::string text;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(kCallDeadline));
+    auto reader = stub->Generate(&ctx, req);
+    v1::GenerateResponse r;
+    while (reader->Read(&r)) {
+      text += r.text();
+      if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) finish = r.finish_reason();
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  EXPECT_EQ(text, "dcba");
+  EXPECT_EQ(finish, v1::FINISH_REASON_EOS);
+  req.add_stop("b");
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineAfter(kCallDeadline));
+  v1::GenerateResponse r;
+  ASSERT_TRUE(stub->Complete(&ctx, req, &r).ok());
+  EXPECT_EQ(r.text(), "dc");
+  EXPECT_EQ(r.finish_reason(), v1::FINISH_REASON_STOP);
   EXPECT_THAT(cluster->Stop(), IsOk());
 }
 
