@@ -61,7 +61,7 @@ void Model::ApplyRope(float* vec, int64_t num_heads, int64_t position) const {
 }
 
 void Model::Attention(int64_t layer, std::span<const ForwardInput> batch, const std::vector<int64_t>& row_start,
-                      const float* qkv, float* out) {
+                      const std::vector<int64_t>& past, const float* qkv, float* out) {
   const ModelConfig& c = config();
   const int64_t d = c.head_dim, q_dim = c.num_heads * d, kv_dim = c.num_kv_heads * d;
   const int64_t qkv_dim = q_dim + 2 * kv_dim, group = c.num_heads / c.num_kv_heads;
@@ -73,11 +73,10 @@ void Model::Attention(int64_t layer, std::span<const ForwardInput> batch, const 
       const int64_t b = item / c.num_heads, head = item % c.num_heads, kv_head = head / group;
       const KvCache& cache = *batch[b].cache;
       const int64_t n_new = static_cast<int64_t>(batch[b].tokens.size());
-      const int64_t past = cache.length_ - n_new;  // cache already holds this step's keys
       const float* keys = cache.keys_[layer].data() + kv_head * d;
       const float* values = cache.values_[layer].data() + kv_head * d;
       for (int64_t i = 0; i < n_new; ++i) {
-        const int64_t pos = past + i;
+        const int64_t pos = past[b] + i;  // the cache already holds this step's keys up to pos
         const int64_t first = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
         const float* q = qkv + (row_start[b] + i) * qkv_dim + head * d;
         scores.resize(static_cast<size_t>(pos + 1 - first));
@@ -122,6 +121,8 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
     logit_rows += in.all_logits ? n : 1;
   }
   const int64_t rows = row_start.back();
+  std::vector<int64_t> past(batch.size());  // cache lengths before this step
+  for (size_t b = 0; b < batch.size(); ++b) past[b] = batch[b].cache->length();
 
   hidden_.resize(static_cast<size_t>(rows * h));
   for (size_t b = 0; b < batch.size(); ++b) {
@@ -145,24 +146,19 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
       const int64_t n = static_cast<int64_t>(batch[b].tokens.size());
       auto& keys = cache.keys_[l];
       auto& values = cache.values_[l];
-      keys.resize(static_cast<size_t>((cache.length_ + n) * kv_dim));
+      keys.resize(static_cast<size_t>((past[b] + n) * kv_dim));
       values.resize(keys.size());
       for (int64_t i = 0; i < n; ++i) {
         float* row = qkv_.data() + (row_start[b] + i) * qkv_dim;
         if (!lw.attention.qkv_bias.empty()) Axpy(1.0f, lw.attention.qkv_bias.data(), row, qkv_dim);
-        const int64_t pos = cache.length_ + i;
+        const int64_t pos = past[b] + i;
         ApplyRope(row, c.num_heads, pos);
         ApplyRope(row + q_dim, c.num_kv_heads, pos);
         std::memcpy(keys.data() + pos * kv_dim, row + q_dim, sizeof(float) * static_cast<size_t>(kv_dim));
         std::memcpy(values.data() + pos * kv_dim, row + q_dim + kv_dim, sizeof(float) * static_cast<size_t>(kv_dim));
       }
     }
-    // Attention sees this layer's new keys: lengths advance per layer and are restored below.
-    for (const ForwardInput& in : batch) in.cache->length_ += static_cast<int64_t>(in.tokens.size());
-    Attention(l, batch, row_start, qkv_.data(), attn_.data());
-    if (l + 1 < c.num_layers) {
-      for (const ForwardInput& in : batch) in.cache->length_ -= static_cast<int64_t>(in.tokens.size());
-    }
+    Attention(l, batch, row_start, past, qkv_.data(), attn_.data());
     MatMul(attn_.data(), rows, q_dim, lw.attention.o, hidden_.data(), h, /*accumulate=*/true, pool_);
 
     RmsNorm(hidden_.data(), lw.post_attention_norm, rows, normed_.data());
@@ -175,16 +171,18 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
       for (int32_t e : routing.experts) ++expert_usage_[l][e];
       MOE_RETURN_IF_ERROR(dispatcher_->DispatchCombine(l, routing, normed_.data(), ffn_out_.data()));
       if (lw.moe.shared_expert.loaded()) {
-        std::vector<float> shared(static_cast<size_t>(rows * h)), gate(static_cast<size_t>(rows));
-        RunFfn(lw.moe.shared_expert, normed_.data(), rows, shared.data(), &scratch_, pool_);
-        MatMul(normed_.data(), rows, lw.moe.shared_expert_gate, gate.data(), pool_);
+        shared_out_.resize(static_cast<size_t>(rows * h));
+        shared_gate_.resize(static_cast<size_t>(rows));
+        RunFfn(lw.moe.shared_expert, normed_.data(), rows, shared_out_.data(), &scratch_, pool_);
+        MatMul(normed_.data(), rows, lw.moe.shared_expert_gate, shared_gate_.data(), pool_);
         for (int64_t r = 0; r < rows; ++r) {
-          Axpy(1.0f / (1.0f + std::exp(-gate[r])), shared.data() + r * h, ffn_out_.data() + r * h, h);
+          Axpy(1.0f / (1.0f + std::exp(-shared_gate_[r])), shared_out_.data() + r * h, ffn_out_.data() + r * h, h);
         }
       }
     }
     Axpy(1.0f, ffn_out_.data(), hidden_.data(), rows * h);
   }
+  for (size_t b = 0; b < batch.size(); ++b) batch[b].cache->length_ = past[b] + static_cast<int64_t>(batch[b].tokens.size());
 
   // Final norm and LM head for the rows that need logits.
   std::vector<float> selected(static_cast<size_t>(logit_rows * h));

@@ -49,7 +49,8 @@ class Model {
   // Runs the batch and appends every input's keys and values to its cache. Returns logits
   // [rows, vocab_size], rows in input order (1 per input, or tokens.size() with all_logits).
   // INVALID_ARGUMENT (nothing appended) for empty inputs, token ids outside the vocabulary, or a
-  // sequence that would pass max_position_embeddings. Not thread-safe: one caller at a time.
+  // sequence that would pass max_position_embeddings; on any error no cache grows. Not thread-safe:
+  // one caller at a time. An empty batch still runs every layer (and its collectives) with zero rows.
   absl::StatusOr<std::vector<float>> Forward(std::span<const ForwardInput> batch);
 
   // Tokens routed to each expert of each layer since construction or ResetExpertUsage(): [layer][expert].
@@ -59,8 +60,10 @@ class Model {
  private:
   void RmsNorm(const float* x, const std::vector<float>& weight, int64_t rows, float* out) const;
   void ApplyRope(float* vec, int64_t num_heads, int64_t position) const;
+  // Causal attention of every new token over its sequence's cached keys; past[b] is input b's cache
+  // length before this step.
   void Attention(int64_t layer, std::span<const ForwardInput> batch, const std::vector<int64_t>& row_start,
-                 const float* qkv, float* out);
+                 const std::vector<int64_t>& past, const float* qkv, float* out);
 
   std::unique_ptr<ModelWeights> weights_;
   ThreadPool* pool_;
@@ -69,7 +72,7 @@ class Model {
   std::vector<float> inv_freq_;
   std::vector<std::vector<int64_t>> expert_usage_;
   // Step scratch, reused across calls.
-  std::vector<float> hidden_, normed_, qkv_, attn_, ffn_out_, router_logits_, scratch_;
+  std::vector<float> hidden_, normed_, qkv_, attn_, ffn_out_, router_logits_, shared_out_, shared_gate_, scratch_;
 };
 
 }  // namespace moe
