@@ -33,14 +33,6 @@ std::vector<absl::Status> RunMembers(int size, const std::function<absl::Status(
   return status;
 }
 
-std::string Payload(uint64_t tag, int from, int to) {
-  // Sizes vary from empty to ~100 KB so empty and large buffers both cross.
-  const size_t n = (tag * 7919 + from * 131 + to * 17) % 5 == 0 ? 0 : (tag * 31 + from * 977 + to * 7) % 100000;
-  std::string s(n, '\0');
-  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 13 + from * 3 + to + tag) & 0xFF);
-  return s;
-}
-
 TEST_P(ExchangeSuite, AllToAllDeliversEveryBufferToItsDestination) {
   for (int size : {1, 2, 4}) {
     auto group = GetParam().make(size, std::chrono::seconds(10));
@@ -49,11 +41,11 @@ TEST_P(ExchangeSuite, AllToAllDeliversEveryBufferToItsDestination) {
       if (ex->rank() != rank || ex->size() != size) return absl::InternalError("rank/size");
       for (uint64_t tag = 1; tag <= 20; ++tag) {
         std::vector<std::string> send;
-        for (int to = 0; to < size; ++to) send.push_back(Payload(tag, rank, to));
+        for (int to = 0; to < size; ++to) send.push_back(ExchangeTestPayload(tag, rank, to));
         auto recv = ex->AllToAll(tag, std::move(send));
         if (!recv.ok()) return recv.status();
         for (int from = 0; from < size; ++from) {
-          if ((*recv)[from] != Payload(tag, from, rank)) {
+          if ((*recv)[from] != ExchangeTestPayload(tag, from, rank)) {
             return absl::InternalError("wrong payload from " + std::to_string(from));
           }
         }

@@ -63,6 +63,15 @@ class GrpcGroup : public Group {
   std::vector<std::unique_ptr<GrpcExchange>> members_;
 };
 
+// What member `from` sends member `to` in collective `tag` of the suites: sizes vary from empty to
+// about 100 KB so that empty and large buffers both cross.
+inline std::string ExchangeTestPayload(uint64_t tag, int from, int to) {
+  const size_t n = (tag * 7919 + from * 131 + to * 17) % 5 == 0 ? 0 : (tag * 31 + from * 977 + to * 7) % 100000;
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 13 + from * 3 + to + tag) & 0xFF);
+  return s;
+}
+
 // "in_process" or "grpc".
 inline std::unique_ptr<Group> MakeGroup(const std::string& backend, int size, std::chrono::milliseconds timeout) {
   if (backend == "grpc") return std::make_unique<GrpcGroup>(size, timeout);
