@@ -151,7 +151,7 @@ absl::Status Coordinator::LoadShards() {
   v1::ShardMapProto proto;
   {
     absl::MutexLock lock(&mutex_);
-    MOE_ASSIGN_OR_RETURN(shard_map_, PlaceExperts(config_, options_.num_workers, {}, options_.placement, shard_map_.epoch + 1));
+    MOE_ASSIGN_OR_RETURN(shard_map_, PlaceExperts(config_, options_.num_workers, options_.expert_load, options_.placement, shard_map_.epoch + 1));
     for (const WorkerInfo& w : workers_) {
       shard_map_.worker_addresses.push_back(w.address);
       stubs.push_back(w.stub.get());

@@ -34,6 +34,7 @@ struct CoordinatorOptions {
   std::chrono::milliseconds heartbeat_timeout{2000};
   std::chrono::milliseconds step_timeout{60000};
   PlacementOptions placement;
+  std::vector<std::vector<double>> expert_load;  // measured load for placement; empty = uniform
 };
 
 // A validated request in token space.

@@ -24,6 +24,7 @@ ABSL_FLAG(int32_t, max_running, 64, "sequences in the running batch");
 ABSL_FLAG(int64_t, max_batch_tokens, 4096, "prompt tokens admitted per step");
 ABSL_FLAG(int32_t, heartbeat_timeout_ms, 2000, "a worker silent this long is dead");
 ABSL_FLAG(double, replicate_above, 0.0, "replicate experts loaded above this multiple of the mean (0 = off)");
+ABSL_FLAG(std::string, expert_load, "", "measured expert load for placement (moe-eval --json output, or {\"expert_load\": [[...]]})");
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -49,6 +50,13 @@ int main(int argc, char** argv) {
   options.heartbeat_timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_heartbeat_timeout_ms));
   options.placement.replicate_above = absl::GetFlag(FLAGS_replicate_above);
   if (options.model_dir.empty()) return Fail("--model is required");
+  if (!absl::GetFlag(FLAGS_expert_load).empty()) {
+    auto config = moe::ModelConfig::FromFile(options.model_dir + "/config.json");
+    if (!config.ok()) return Fail(config.status().ToString());
+    auto load = moe::ReadExpertLoadFile(absl::GetFlag(FLAGS_expert_load), *config);
+    if (!load.ok()) return Fail(load.status().ToString());
+    options.expert_load = std::move(*load);
+  }
   auto coordinator = moe::Coordinator::Create(options);
   if (!coordinator.ok()) return Fail(coordinator.status().ToString());
 

@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <numeric>
 
+#include <fstream>
+#include <sstream>
+
 #include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 
 namespace moe {
 
@@ -65,6 +69,43 @@ absl::StatusOr<ShardMap> PlaceExperts(const ModelConfig& c, int num_workers,
     }
   }
   return m;
+}
+
+absl::StatusOr<std::vector<std::vector<double>>> ReadExpertLoadFile(const std::string& path, const ModelConfig& c) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const auto j = nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  std::vector<const nlohmann::json*> tables;
+  if (j.contains("expert_load")) {
+    tables.push_back(&j["expert_load"]);
+  } else if (j.contains("tasks") && j["tasks"].is_object()) {
+    for (const auto& [task, result] : j["tasks"].items()) {
+      if (result.is_object() && result.contains("expert_usage")) tables.push_back(&result["expert_usage"]);
+    }
+  }
+  if (tables.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": needs \"expert_load\" or moe-eval \"tasks\""));
+  std::vector<std::vector<double>> load(static_cast<size_t>(c.num_layers));
+  for (const nlohmann::json* t : tables) {
+    if (!t->is_array() || static_cast<int64_t>(t->size()) != c.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": expert load must have one row per layer (", c.num_layers, ")"));
+    }
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      const nlohmann::json& row = (*t)[static_cast<size_t>(l)];
+      if (!row.is_array() || (!row.empty() && static_cast<int64_t>(row.size()) != c.num_experts)) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": layer ", l, " must list ", c.num_experts, " experts"));
+      }
+      if (row.empty()) continue;
+      load[l].resize(static_cast<size_t>(c.num_experts), 0.0);
+      for (int64_t e = 0; e < c.num_experts; ++e) {
+        if (!row[static_cast<size_t>(e)].is_number()) return absl::InvalidArgumentError(absl::StrCat(path, ": layer ", l, ": non-numeric load"));
+        load[l][e] += row[static_cast<size_t>(e)].get<double>();
+      }
+    }
+  }
+  return load;
 }
 
 }  // namespace moe

@@ -3,6 +3,7 @@
 #ifndef MOE_COORDINATOR_PLACEMENT_H_
 #define MOE_COORDINATOR_PLACEMENT_H_
 
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -24,6 +25,11 @@ struct PlacementOptions {
 absl::StatusOr<ShardMap> PlaceExperts(const ModelConfig& config, int num_workers,
                                       const std::vector<std::vector<double>>& expert_load,
                                       const PlacementOptions& options, uint64_t epoch);
+
+// Reads measured expert load for PlaceExperts from a JSON file: either moe-eval's --json output (the
+// per-task "expert_usage" tables are summed) or {"expert_load": [[...], ...]}. INVALID_ARGUMENT naming
+// the file when it does not parse or its shape does not match `config` (dense layers may be empty).
+absl::StatusOr<std::vector<std::vector<double>>> ReadExpertLoadFile(const std::string& path, const ModelConfig& config);
 
 }  // namespace moe
 

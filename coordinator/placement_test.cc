@@ -1,5 +1,8 @@
 #include "coordinator/placement.h"
 
+#include <filesystem>
+#include <fstream>
+
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
 
@@ -48,6 +51,25 @@ TEST(PlacementTest, RejectsBadInput) {
   EXPECT_THAT(PlaceExperts(Config(1, 4), 0, {}, {}, 1), StatusIs(absl::StatusCode::kInvalidArgument, "at least one worker"));
   EXPECT_THAT(PlaceExperts(Config(2, 4), 2, {{1, 1, 1, 1}}, {}, 1), StatusIs(absl::StatusCode::kInvalidArgument, "1 layers"));
   EXPECT_THAT(PlaceExperts(Config(1, 4), 2, {{1, 1}}, {}, 1), StatusIs(absl::StatusCode::kInvalidArgument, "has 2 experts"));
+}
+
+TEST(PlacementTest, ReadsMeasuredLoadFromEvaluatorJsonAndRejectsWrongShapes) {
+  const auto dir = std::filesystem::temp_directory_path();
+  const std::string eval_json = (dir / "moe_placement_eval.json").string();
+  std::ofstream(eval_json) << R"({"tasks": {"a": {"expert_usage": [[1, 2, 3, 4], [0, 0, 0, 8]]},
+                                              "b": {"expert_usage": [[1, 0, 0, 0], [8, 0, 0, 0]]}}})";
+  auto load = ReadExpertLoadFile(eval_json, Config(2, 4));
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_EQ((*load)[0], (std::vector<double>{2, 2, 3, 4}));
+  EXPECT_EQ((*load)[1], (std::vector<double>{8, 0, 0, 8}));
+  auto m = PlaceExperts(Config(2, 4), 2, *load, {}, 1);
+  ASSERT_TRUE(m.ok());
+  EXPECT_NE(m->owners[1][0][0], m->owners[1][3][0]);  // the two hot experts of layer 1 go apart
+
+  EXPECT_THAT(ReadExpertLoadFile(eval_json, Config(3, 4)), StatusIs(absl::StatusCode::kInvalidArgument, "one row per layer"));
+  EXPECT_THAT(ReadExpertLoadFile(eval_json, Config(2, 5)), StatusIs(absl::StatusCode::kInvalidArgument, "must list 5 experts"));
+  std::ofstream(eval_json) << "{broken";
+  EXPECT_THAT(ReadExpertLoadFile(eval_json, Config(2, 4)), StatusIs(absl::StatusCode::kInvalidArgument, "not a JSON object"));
 }
 
 }  // namespace
