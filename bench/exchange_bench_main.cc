@@ -1,0 +1,110 @@
+// moe-bench-exchange: All2All latency and bandwidth of each Exchange backend among the ranks of an MPI
+// job, side by side with plain MPI_Alltoallv on the same payloads and with memcpy bandwidth.
+//   mpirun --allow-run-as-root -np 4 build/bin/moe-bench-exchange [--hidden 4096] [--iters 20]
+// Each rank sends tokens/size tokens of `hidden` values to every rank (tokens = 1..4096, F32 and BF16).
+// GB/s counts the bytes one rank sends to the other ranks per collective, over the median time.
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <iostream>
+
+#include "absl/strings/str_format.h"
+#include "bench/machine_limits.h"
+#include "exchange/grpc_exchange.h"
+#include "exchange/mpi_exchange.h"
+#include "proto/grpc_util.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double MedianSeconds(int iters, const std::function<void()>& collective) {
+  std::vector<double> t;
+  collective();  // warm-up
+  for (int i = 0; i < iters; ++i) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    const auto t0 = Clock::now();
+    collective();
+    double local = std::chrono::duration<double>(Clock::now() - t0).count(), slowest = 0;
+    MPI_Allreduce(&local, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    t.push_back(slowest);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int64_t hidden = 4096;
+  int iters = 20;
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "--hidden") == 0) hidden = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
+  }
+
+  // gRPC backend: every rank serves Worker.Exchange on a loopback port; ports are swapped over MPI.
+  moe::ExchangeOnlyService service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(-1);
+  auto server = builder.BuildAndStart();
+  std::vector<int> ports(static_cast<size_t>(size));
+  MPI_Allgather(&port, 1, MPI_INT, ports.data(), 1, MPI_INT, MPI_COMM_WORLD);
+  std::vector<std::string> addresses;
+  for (int p : ports) addresses.push_back("127.0.0.1:" + std::to_string(p));
+  moe::GrpcExchange grpc_exchange(rank, 1, addresses, std::chrono::seconds(60));
+  service.set_target(&grpc_exchange);
+  moe::MpiExchange mpi_exchange(MPI_COMM_WORLD);
+  MPI_Barrier(MPI_COMM_WORLD);
+
+  const double memcpy_gbs = rank == 0 ? moe::bench::MeasureMemcpyBandwidthGBs() : 0;
+  if (rank == 0) {
+    std::cout << absl::StrFormat("%d ranks, hidden %d, median of %d collectives; memcpy %.1f GB/s (1 thread, measured now)\n",
+                                 size, hidden, iters, memcpy_gbs)
+              << "| dtype | tokens/rank | bytes/peer | MPI_Alltoallv us | MPI backend us | gRPC backend us | "
+                 "MPI_Alltoallv GB/s | MPI backend GB/s | gRPC backend GB/s | MPI backend / plain | gRPC / plain |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|---|\n";
+  }
+  uint64_t tag = 1;
+  for (int dtype_bytes : {4, 2}) {
+    for (int64_t tokens : {1, 16, 64, 256, 1024, 4096}) {
+      const int64_t per_peer_tokens = std::max<int64_t>(1, tokens / size);
+      const size_t bytes = static_cast<size_t>(per_peer_tokens * hidden * dtype_bytes);
+      std::vector<std::string> payload(static_cast<size_t>(size), std::string(bytes, static_cast<char>(rank)));
+      // Plain MPI_Alltoallv on one contiguous buffer.
+      std::string send_buf(bytes * size, 'x'), recv_buf(bytes * size, '\0');
+      std::vector<int> counts(static_cast<size_t>(size), static_cast<int>(bytes)), displs(static_cast<size_t>(size));
+      for (int i = 0; i < size; ++i) displs[i] = static_cast<int>(bytes) * i;
+      const double plain = MedianSeconds(iters, [&] {
+        MPI_Alltoallv(send_buf.data(), counts.data(), displs.data(), MPI_BYTE, recv_buf.data(), counts.data(),
+                      displs.data(), MPI_BYTE, MPI_COMM_WORLD);
+      });
+      const double mpi = MedianSeconds(iters, [&] {
+        if (!mpi_exchange.AllToAll(tag++, payload).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+      });
+      const double grpc_s = MedianSeconds(iters, [&] {
+        if (!grpc_exchange.AllToAll(tag++, payload).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+      });
+      const double sent = static_cast<double>(bytes) * (size - 1);
+      if (rank == 0) {
+        std::cout << absl::StrFormat("| %s | %d | %d | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
+                                     dtype_bytes == 4 ? "F32" : "BF16", tokens, bytes, plain * 1e6, mpi * 1e6, grpc_s * 1e6,
+                                     sent / plain / 1e9, sent / mpi / 1e9, sent / grpc_s / 1e9, plain / mpi, plain / grpc_s);
+      }
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  server->Shutdown(moe::DeadlineAfter(std::chrono::seconds(2)));
+  MPI_Finalize();
+  return 0;
+}
