@@ -29,8 +29,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-size_t FfnBytes(const moe::FfnWeights& f) { return f.gate_up.size_bytes() + f.down.size_bytes(); }
-
 // Weight bytes one decoded token reads: attention, router, its top-k experts (mean expert size),
 // shared/dense FFNs, one embedding row and the LM head.
 double ActiveBytesPerToken(const moe::ModelWeights& w) {
@@ -40,13 +38,13 @@ double ActiveBytesPerToken(const moe::ModelWeights& w) {
   for (const moe::LayerWeights& l : w.layers) {
     bytes += static_cast<double>(l.attention.qkv.size_bytes() + l.attention.o.size_bytes());
     if (!l.is_moe) {
-      bytes += static_cast<double>(FfnBytes(l.dense));
+      bytes += static_cast<double>(l.dense.size_bytes());
       continue;
     }
     double experts = 0;
-    for (const moe::FfnWeights& e : l.moe.experts) experts += static_cast<double>(FfnBytes(e));
+    for (const moe::FfnWeights& e : l.moe.experts) experts += static_cast<double>(e.size_bytes());
     bytes += static_cast<double>(l.moe.router.size_bytes()) + experts / c.num_experts * c.top_k +
-             static_cast<double>(FfnBytes(l.moe.shared_expert));
+             static_cast<double>(l.moe.shared_expert.size_bytes());
   }
   return bytes;
 }

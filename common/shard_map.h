@@ -24,6 +24,13 @@ struct ShardMap {
   std::vector<std::vector<std::vector<int>>> owners;
   std::vector<std::string> worker_addresses;
 
+  // The stage layout used today: one stage holding every layer and every worker.
+  static std::vector<Stage> SingleStage(int64_t num_layers, int num_workers) {
+    Stage stage{0, num_layers, {}};
+    for (int w = 0; w < num_workers; ++w) stage.workers.push_back(w);
+    return {stage};
+  }
+
   bool Owns(int worker, int64_t layer, int64_t expert) const {
     for (int w : owners[layer][expert]) {
       if (w == worker) return true;

@@ -36,11 +36,6 @@ void Histogram::Observe(double value) {
   ++total_;
 }
 
-int64_t Histogram::count() const {
-  absl::MutexLock lock(&mutex_);
-  return total_;
-}
-
 std::string Histogram::Render(const std::string& name, const std::string& help) const {
   absl::MutexLock lock(&mutex_);
   std::string out = absl::StrCat("# HELP ", name, " ", help, "\n# TYPE ", name, " histogram\n");

@@ -20,7 +20,6 @@ class Histogram {
   void Observe(double value);
   // Prometheus text exposition of this histogram under `name`.
   std::string Render(const std::string& name, const std::string& help) const;
-  int64_t count() const;
 
  private:
   std::vector<double> bounds_;

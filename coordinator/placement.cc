@@ -21,9 +21,7 @@ absl::StatusOr<ShardMap> PlaceExperts(const ModelConfig& c, int num_workers,
   ShardMap m;
   m.epoch = epoch;
   m.num_workers = num_workers;
-  ShardMap::Stage stage{0, c.num_layers, {}};
-  for (int w = 0; w < num_workers; ++w) stage.workers.push_back(w);
-  m.stages.push_back(stage);
+  m.stages = ShardMap::SingleStage(c.num_layers, num_workers);
   m.owners.resize(static_cast<size_t>(c.num_layers));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     if (!c.IsMoeLayer(l)) continue;

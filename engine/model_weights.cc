@@ -85,16 +85,14 @@ absl::Status LoadLayer(Loader& ld, const ModelConfig& c, int64_t l, const LoadOp
   return absl::OkStatus();
 }
 
-size_t FfnBytes(const FfnWeights& f) { return f.gate_up.size_bytes() + f.down.size_bytes(); }
-
 }  // namespace
 
 size_t ModelWeights::packed_bytes() const {
   size_t total = lm_head.size_bytes();
   for (const LayerWeights& l : layers) {
-    total += l.attention.qkv.size_bytes() + l.attention.o.size_bytes() + FfnBytes(l.dense) + l.moe.router.size_bytes();
-    for (const FfnWeights& e : l.moe.experts) total += FfnBytes(e);
-    total += FfnBytes(l.moe.shared_expert) + l.moe.shared_expert_gate.size_bytes();
+    total += l.attention.qkv.size_bytes() + l.attention.o.size_bytes() + l.dense.size_bytes() + l.moe.router.size_bytes();
+    for (const FfnWeights& e : l.moe.experts) total += e.size_bytes();
+    total += l.moe.shared_expert.size_bytes() + l.moe.shared_expert_gate.size_bytes();
   }
   return total;
 }

@@ -20,6 +20,7 @@ struct FfnWeights {
   PackedMatrix down;     // [hidden, ffn_size]
   int64_t ffn_size() const { return down.in_features(); }
   bool loaded() const { return !down.empty(); }
+  size_t size_bytes() const { return gate_up.size_bytes() + down.size_bytes(); }
 };
 
 struct AttentionWeights {

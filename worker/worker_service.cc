@@ -35,9 +35,7 @@ absl::StatusOr<ShardMap> ShardMapFromProto(const v1::ShardMapProto& p, const Mod
       m.owners[l].push_back(std::move(owners));
     }
   }
-  ShardMap::Stage stage{0, c.num_layers, {}};
-  for (int w = 0; w < m.num_workers; ++w) stage.workers.push_back(w);
-  m.stages.push_back(std::move(stage));
+  m.stages = ShardMap::SingleStage(c.num_layers, m.num_workers);
   return m;
 }
 
@@ -79,7 +77,7 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
   if (!weights.ok()) return ToGrpcStatus(weights.status());
   size_t expert_bytes = 0;
   for (const LayerWeights& l : (*weights)->layers) {
-    for (const FfnWeights& e : l.moe.experts) expert_bytes += e.gate_up.size_bytes() + e.down.size_bytes();
+    for (const FfnWeights& e : l.moe.experts) expert_bytes += e.size_bytes();
   }
   shard->exchange = std::make_shared<GrpcExchange>(me, shard->map.epoch, shard->map.worker_addresses,
                                                    options_.exchange_timeout);
