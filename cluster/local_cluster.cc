@@ -13,6 +13,9 @@
 #include <cstring>
 #include <future>
 
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -71,14 +74,39 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::str
     for (absl::string_view line : absl::StrSplit(buffer, '\n')) {
       if (absl::ConsumePrefix(&line, "listening on ")) c->address_ = std::string(line);
       if (absl::ConsumePrefix(&line, "metrics on ")) c->metrics_url_ = std::string(line);
+      if (absl::ConsumePrefix(&line, "control plane on ")) c->control_address_ = std::string(line);
+      int pid = 0;
+      if (absl::ConsumePrefix(&line, "worker pid ") && absl::SimpleAtoi(line, &pid) &&
+          std::find(c->worker_pids_.begin(), c->worker_pids_.end(), pid) == c->worker_pids_.end()) {
+        c->worker_pids_.push_back(pid);
+      }
     }
   }
   return c;
 }
 
+absl::StatusOr<int> LocalCluster::StartWorker(const std::string& model_dir) {
+  std::vector<std::string> args = {std::string(MOE_BINARY_DIR) + "/bin/moe-worker", "--coordinator", control_address_,
+                                   "--model", model_dir};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int pid = -1;
+  const int rc = posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ);
+  if (rc != 0) return absl::InternalError(absl::StrCat("cannot start moe-worker: ", std::strerror(rc)));
+  extra_worker_pids_.push_back(pid);
+  return pid;
+}
+
 absl::Status LocalCluster::Stop(std::chrono::seconds timeout) {
   if (stopped_) return absl::OkStatus();
   stopped_ = true;
+  for (int pid : extra_worker_pids_) {  // outside run-local's session: stopped here, bounded like the rest
+    ::kill(pid, SIGTERM);
+    auto waited = std::async(std::launch::async, [pid] { return ::waitpid(pid, nullptr, 0) == pid; });
+    if (waited.wait_for(timeout) != std::future_status::ready) ::kill(pid, SIGKILL);
+    waited.wait();
+  }
   ::kill(pid_, SIGTERM);
   auto waited = std::async(std::launch::async, [pid = pid_] {
     int status = 0;

@@ -22,6 +22,12 @@ class LocalCluster {
 
   const std::string& address() const { return address_; }
   const std::string& metrics_url() const { return metrics_url_; }
+  // Where workers register (the coordinator's control plane).
+  const std::string& control_address() const { return control_address_; }
+  // The worker processes run-local started, in start order.
+  const std::vector<int>& worker_pids() const { return worker_pids_; }
+  // Starts one more moe-worker (e.g. a dead worker coming back); Stop also stops it.
+  absl::StatusOr<int> StartWorker(const std::string& model_dir);
   // Sends SIGTERM to run-local and waits for it; returns OK when it exited and no process of its
   // session is left.
   absl::Status Stop(std::chrono::seconds timeout = std::chrono::seconds(20));
@@ -31,7 +37,9 @@ class LocalCluster {
   int pid_ = -1;
   int stdout_fd_ = -1;
   bool stopped_ = false;
-  std::string address_, metrics_url_;
+  std::string address_, metrics_url_, control_address_;
+  std::vector<int> worker_pids_;
+  std::vector<int> extra_worker_pids_;
 };
 
 // GET http://host:port/path over loopback; the body, or an error. Bounded by `timeout`.

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "exchange/grpc_exchange.h"
 #include "proto/grpc_util.h"
@@ -41,11 +42,15 @@ bool RequestHandle::cancelled() const {
   return cancelled_;
 }
 
-void RequestHandle::Push(int32_t token, int64_t all2all_bytes) {
+void RequestHandle::Push(int32_t token, int64_t all2all_bytes, v1::FinishReason finish) {
   absl::MutexLock lock(&mutex_);
   if (done_) return;
   pending_.push_back(token);
   all2all_bytes_ += all2all_bytes;
+  if (finish != v1::FINISH_REASON_UNSPECIFIED) {
+    done_ = true;
+    reason_ = finish;
+  }
 }
 
 void RequestHandle::Finish(v1::FinishReason reason) {
@@ -93,35 +98,56 @@ bool Coordinator::ready() const {
 grpc::Status Coordinator::Register(grpc::ServerContext*, const v1::RegisterRequest* request, v1::RegisterResponse* response) {
   absl::MutexLock lock(&mutex_);
   if (request->address().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "register: empty address");
+  int slot = -1;
   for (size_t i = 0; i < workers_.size(); ++i) {
-    if (workers_[i].address == request->address()) {  // a retried registration
-      response->set_worker_id(static_cast<int>(i));
-      workers_[i].last_heartbeat = Clock::now();
-      return grpc::Status::OK;
+    if (workers_[i].address == request->address()) slot = static_cast<int>(i);  // retried, or back after a failure
+  }
+  if (slot >= 0 && workers_[slot].alive) {
+    response->set_worker_id(slot);
+    workers_[slot].last_heartbeat = Clock::now();
+    return grpc::Status::OK;
+  }
+  for (size_t i = 0; i < workers_.size() && slot < 0; ++i) {
+    if (!workers_[i].alive) slot = static_cast<int>(i);  // a dead worker's slot takes the newcomer
+  }
+  if (slot < 0) {
+    if (static_cast<int>(workers_.size()) >= options_.num_workers) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("the cluster already has its ", options_.num_workers, " workers"));
     }
+    slot = static_cast<int>(workers_.size());
+    workers_.emplace_back();
   }
-  if (static_cast<int>(workers_.size()) >= options_.num_workers) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrCat("the cluster already has its ", options_.num_workers, " workers"));
-  }
-  WorkerInfo w;
+  WorkerInfo& w = workers_[slot];
   w.address = request->address();
+  w.alive = true;
   w.last_heartbeat = Clock::now();
+  metrics_->SetWorkerUp(slot, true);
   w.stub = v1::Worker::NewStub(grpc::CreateCustomChannel(w.address, grpc::InsecureChannelCredentials(),
                                                          InternalChannelArguments()));
-  workers_.push_back(std::move(w));
-  response->set_worker_id(static_cast<int>(workers_.size() - 1));
+  membership_changed_ = true;
+  response->set_worker_id(slot);
   return grpc::Status::OK;
 }
 
 grpc::Status Coordinator::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request, v1::HeartbeatResponse*) {
   absl::MutexLock lock(&mutex_);
   const int id = request->worker_id();
-  if (id < 0 || id >= static_cast<int>(workers_.size())) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown worker ", id));
+  if (id < 0 || id >= static_cast<int>(workers_.size()) || !workers_[id].alive) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("worker ", id, " is not a member; register again"));
   }
   workers_[id].last_heartbeat = Clock::now();
   return grpc::Status::OK;
+}
+
+void Coordinator::MarkDead(int slot, const std::string& why) {
+  WorkerInfo& w = workers_[slot];
+  if (!w.alive) return;
+  w.alive = false;
+  membership_changed_ = true;
+  metrics_->SetWorkerUp(slot, false);
+  metrics_->worker_failures++;
+  LogLine(absl::StrCat("worker ", slot, " (", w.address, ") declared dead: ", why));
 }
 
 absl::Status Coordinator::WaitUntilReady(std::chrono::milliseconds timeout) {
@@ -139,40 +165,92 @@ absl::Status Coordinator::WaitUntilReady(std::chrono::milliseconds timeout) {
     }
     if (stopping_) return absl::CancelledError("shutting down");
   }
-  MOE_RETURN_IF_ERROR(LoadShards());
+  MOE_RETURN_IF_ERROR(Reconfigure());
   absl::MutexLock lock(&mutex_);
   ready_ = true;
   engine_thread_ = std::thread([this] { EngineLoop(); });
   return absl::OkStatus();
 }
 
-absl::Status Coordinator::LoadShards() {
-  std::vector<v1::Worker::Stub*> stubs;
-  v1::ShardMapProto proto;
-  {
-    absl::MutexLock lock(&mutex_);
-    MOE_ASSIGN_OR_RETURN(shard_map_, PlaceExperts(config_, options_.num_workers, options_.expert_load, options_.placement, shard_map_.epoch + 1));
-    for (const WorkerInfo& w : workers_) {
-      shard_map_.worker_addresses.push_back(w.address);
-      stubs.push_back(w.stub.get());
+absl::Status Coordinator::Reconfigure() {
+  while (true) {
+    std::vector<int> slots;
+    std::vector<std::shared_ptr<v1::Worker::Stub>> stubs;
+    v1::ShardMapProto proto;
+    ShardMap map;
+    {
+      absl::MutexLock lock(&mutex_);
+      membership_changed_ = false;  // a registration from here on triggers another round
+      for (size_t i = 0; i < workers_.size(); ++i) {
+        if (!workers_[i].alive) continue;
+        slots.push_back(static_cast<int>(i));
+        stubs.push_back(workers_[i].stub);
+      }
+      if (slots.empty()) {
+        rank_slot_.clear();
+        metrics_->workers_alive = 0;
+        return absl::UnavailableError("no live worker is left to serve");
+      }
+      MOE_ASSIGN_OR_RETURN(map, PlaceExperts(config_, static_cast<int>(slots.size()), options_.expert_load,
+                                             options_.placement, shard_map_.epoch + 1));
+      for (int slot : slots) map.worker_addresses.push_back(workers_[slot].address);
+      shard_map_.epoch = map.epoch;  // an epoch is never reused, even when this round fails
+      ShardMapToProto(map, &proto);
     }
-    ShardMapToProto(shard_map_, &proto);
+    std::vector<grpc::Status> status(stubs.size());
+    std::vector<std::thread> threads;
+    for (size_t rank = 0; rank < stubs.size(); ++rank) {
+      threads.emplace_back([&, rank] {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(DeadlineAfter(std::chrono::minutes(5)));
+        v1::LoadShardRequest req;
+        req.set_worker_id(static_cast<int>(rank));
+        *req.mutable_shard_map() = proto;
+        v1::LoadShardResponse resp;
+        status[rank] = stubs[rank]->LoadShard(&ctx, req, &resp);
+      });
+    }
+    for (auto& t : threads) t.join();
+    absl::MutexLock lock(&mutex_);
+    bool all_loaded = true;
+    for (size_t rank = 0; rank < stubs.size(); ++rank) {
+      if (status[rank].ok()) continue;
+      all_loaded = false;
+      const int slot = slots[rank];
+      // An invalid map is the coordinator's bug, not the worker's: report it rather than loop.
+      if (status[rank].error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+        return FromGrpcStatus(status[rank], absl::StrCat("worker ", slot, " LoadShard"));
+      }
+      if (workers_[slot].stub == stubs[rank]) MarkDead(slot, absl::StrCat("LoadShard failed: ", status[rank].error_message()));
+    }
+    if (!all_loaded) continue;
+    shard_map_ = std::move(map);
+    rank_slot_ = slots;
+    metrics_->workers_alive = static_cast<int64_t>(slots.size());
+    metrics_->shard_map_epoch = static_cast<int64_t>(shard_map_.epoch);
+    metrics_->reconfigurations++;
+    break;
   }
-  std::vector<absl::Status> status(stubs.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < stubs.size(); ++i) {
-    threads.emplace_back([&, i] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(DeadlineAfter(std::chrono::minutes(5)));
-      v1::LoadShardRequest req;
-      req.set_worker_id(static_cast<int>(i));
-      *req.mutable_shard_map() = proto;
-      v1::LoadShardResponse resp;
-      status[i] = FromGrpcStatus(stubs[i]->LoadShard(&ctx, req, &resp), absl::StrCat("worker ", i, " LoadShard"));
-    });
+  // Every worker dropped its sequences with the old map: restart the running ones on the new ranks,
+  // from their prompt plus what they already streamed.
+  const int ranks = static_cast<int>(rank_slot_.size());
+  release_.assign(static_cast<size_t>(ranks), {});
+  int next_rank = 0;
+  for (auto it = running_.begin(); it != running_.end();) {
+    Sequence& s = it->second;
+    if (s.started) {
+      s.started = false;
+      metrics_->resumed_requests++;
+      if (++s.resumes > options_.max_resumes) {
+        s.handle->Fail(absl::UnavailableError(absl::StrCat("request failed after ", options_.max_resumes,
+                                                           " resumptions on new shard maps")));
+        it = running_.erase(it);
+        continue;
+      }
+    }
+    s.worker = next_rank++ % ranks;
+    ++it;
   }
-  for (auto& t : threads) t.join();
-  for (const absl::Status& s : status) MOE_RETURN_IF_ERROR(s);
   return absl::OkStatus();
 }
 
@@ -197,8 +275,8 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Coordinator::Submit(GenerationSpe
                                                      options_.max_batch_tokens, " tokens"));
   }
   absl::MutexLock lock(&mutex_);
-  if (!failed_.ok()) return failed_;
   if (!ready_ || stopping_) return absl::UnavailableError("the cluster is not serving (starting or stopping)");
+  if (rank_slot_.empty()) return absl::UnavailableError("no live worker (waiting for workers to register)");
   if (static_cast<int>(queue_.size()) >= options_.max_queued) {
     metrics_->requests_rejected++;
     return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", options_.max_queued, " waiting)"));
@@ -235,12 +313,15 @@ void Coordinator::Shutdown() {
 
 void Coordinator::EngineLoop() {
   while (true) {
+    bool reconfigure = false;
     {
       absl::MutexLock lock(&mutex_);
       struct HasWork {
         const Coordinator* c;
         bool running;
-        bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->stopping_ || running || !c->queue_.empty(); }
+        bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          return c->stopping_ || c->membership_changed_ || running || !c->queue_.empty();
+        }
       } work{this, !running_.empty()};
       mutex_.AwaitWithTimeout(absl::Condition(&work, &HasWork::Ready), absl::Milliseconds(100));
       if (stopping_) {
@@ -248,25 +329,40 @@ void Coordinator::EngineLoop() {
         return;
       }
       const auto now = Clock::now();
-      for (size_t w = 0; w < workers_.size() && failed_.ok(); ++w) {
-        if (now - workers_[w].last_heartbeat > options_.heartbeat_timeout) {
-          failed_ = absl::UnavailableError(absl::StrCat("worker ", w, " (", workers_[w].address, ") stopped answering"));
+      for (size_t w = 0; w < workers_.size(); ++w) {
+        if (workers_[w].alive && now - workers_[w].last_heartbeat > options_.heartbeat_timeout) {
+          MarkDead(static_cast<int>(w), absl::StrCat("no heartbeat for ", options_.heartbeat_timeout.count(), " ms"));
         }
       }
-      if (!failed_.ok()) {
-        FailAll(failed_);
-        continue;
+      reconfigure = membership_changed_;
+    }
+    if (reconfigure) {
+      absl::Status s = Reconfigure();
+      if (!s.ok()) {
+        absl::MutexLock lock(&mutex_);
+        FailAll(s);
       }
+      continue;
+    }
+    {
+      absl::MutexLock lock(&mutex_);
+      const int ranks = static_cast<int>(rank_slot_.size());
       // Admission: FIFO, bounded by running slots and prompt tokens per step.
       int64_t budget = options_.max_batch_tokens;
-      while (!queue_.empty() && static_cast<int>(running_.size()) < options_.max_running &&
+      while (ranks > 0 && !queue_.empty() && static_cast<int>(running_.size()) < options_.max_running &&
              static_cast<int64_t>(queue_.front().spec.prompt.size()) <= budget) {
         Sequence s = std::move(queue_.front());
         queue_.pop_front();
         budget -= static_cast<int64_t>(s.spec.prompt.size());
-        std::vector<int> load(static_cast<size_t>(options_.num_workers), 0);
+        // The least loaded rank; ties go round-robin, so that light traffic still reaches every worker.
+        std::vector<int> load(static_cast<size_t>(ranks), 0);
         for (const auto& [id, r] : running_) ++load[r.worker];
-        s.worker = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+        int best = -1;
+        for (int k = 1; k <= ranks; ++k) {
+          const int rank = (last_assigned_rank_ + k) % ranks;
+          if (best < 0 || load[rank] < load[best]) best = rank;
+        }
+        s.worker = last_assigned_rank_ = best;
         running_.emplace(s.id, std::move(s));
       }
       metrics_->queue_depth = static_cast<int64_t>(queue_.size());
@@ -275,28 +371,33 @@ void Coordinator::EngineLoop() {
     bool any_release = false;
     for (const auto& r : release_) any_release |= !r.empty();
     if (running_.empty() && !any_release) continue;
-    absl::Status s = RunStep();
-    if (!s.ok()) {
-      // The workers dropped the step's sequences; their requests end with the error.
+    StepOutcome outcome = RunStep();
+    if (!outcome.status.ok()) {
+      // The step's effects are unknown on every worker: re-place (without the unreachable ones) and
+      // resume every running request. A request whose steps keep failing ends after max_resumes.
       absl::MutexLock lock(&mutex_);
-      for (auto& [id, seq] : running_) seq.handle->Fail(s);
-      running_.clear();
-      for (auto& r : release_) r.clear();
+      for (const auto& [rank, why] : outcome.unreachable) MarkDead(rank_slot_[rank], why);
+      if (outcome.unreachable.empty()) LogLine(absl::StrCat("step failed, re-placing: ", outcome.status.ToString()));
+      membership_changed_ = true;
     }
   }
 }
 
-absl::Status Coordinator::RunStep() {
-  const int n = options_.num_workers;
-  std::vector<v1::StepRequest> requests(static_cast<size_t>(n));
-  std::vector<v1::Worker::Stub*> stubs;
+Coordinator::StepOutcome Coordinator::RunStep() {
+  std::vector<std::shared_ptr<v1::Worker::Stub>> stubs;
+  std::vector<int> slots;
+  uint64_t epoch = 0;
   {
     absl::MutexLock lock(&mutex_);
-    for (const WorkerInfo& w : workers_) stubs.push_back(w.stub.get());
-    for (auto& r : requests) r.set_epoch(shard_map_.epoch);
+    slots = rank_slot_;
+    for (int slot : slots) stubs.push_back(workers_[slot].stub);
+    epoch = shard_map_.epoch;
   }
+  const int n = static_cast<int>(slots.size());
+  std::vector<v1::StepRequest> requests(static_cast<size_t>(n));
   ++step_id_;
   for (int w = 0; w < n; ++w) {
+    requests[w].set_epoch(epoch);
     requests[w].set_step_id(step_id_);
     for (uint64_t id : release_[w]) requests[w].add_release(id);
     release_[w].clear();
@@ -311,16 +412,18 @@ absl::Status Coordinator::RunStep() {
     }
     v1::SequenceWork* work = requests[s.worker].add_work();
     work->set_sequence_id(s.id);
-    if (!s.started) {
+    if (!s.started) {  // first step, or resumed on a new map: prefill the prompt and what was streamed
       work->set_start(true);
       *work->mutable_tokens() = {s.spec.prompt.begin(), s.spec.prompt.end()};
+      work->mutable_tokens()->Add(s.generated.begin(), s.generated.end());
+      work->set_sampled_before(static_cast<int64_t>(s.generated.size()));
       work->set_temperature(s.spec.sampling.temperature);
       work->set_top_p(s.spec.sampling.top_p);
       work->set_top_k(s.spec.sampling.top_k);
       work->set_seed(s.spec.sampling.seed);
       s.started = true;
     } else {
-      work->add_tokens(s.last_token);
+      work->add_tokens(s.generated.back());
     }
     ++it;
   }
@@ -329,53 +432,78 @@ absl::Status Coordinator::RunStep() {
     grpc::ClientContext context;
     v1::StepResponse response;
     grpc::Status status;
+    bool done = false;
   };
   std::vector<Call> calls(static_cast<size_t>(n));
   absl::Mutex mutex;
   int pending = n;
+  bool unreachable = false;  // a worker is gone: the others may wait in the all-to-all for it
   for (int w = 0; w < n; ++w) {
     calls[w].context.set_deadline(DeadlineAfter(options_.step_timeout));
     stubs[w]->async()->Step(&calls[w].context, &requests[w], &calls[w].response, [&, w](grpc::Status s) {
       absl::MutexLock lock(&mutex);
+      unreachable |= s.error_code() == grpc::StatusCode::UNAVAILABLE;
       calls[w].status = std::move(s);
+      calls[w].done = true;
       --pending;
     });
   }
   {
     absl::MutexLock lock(&mutex);
-    mutex.Await(absl::Condition(+[](int* p) { return *p == 0; }, &pending));  // each call has a deadline
+    struct Settled {
+      int* pending;
+      bool* unreachable;
+      bool Ready() const { return *pending == 0 || *unreachable; }
+    } settled{&pending, &unreachable};
+    mutex.Await(absl::Condition(&settled, &Settled::Ready));  // each call has a deadline
+    if (pending > 0) {
+      for (Call& c : calls) {
+        if (!c.done) c.context.TryCancel();  // the next shard map aborts their collectives
+      }
+      mutex.Await(absl::Condition(+[](int* p) { return *p == 0; }, &pending));
+    }
   }
   metrics_->steps++;
+  StepOutcome outcome;
   for (int w = 0; w < n; ++w) {
-    if (!calls[w].status.ok()) return FromGrpcStatus(calls[w].status, absl::StrCat("worker ", w, " step ", step_id_));
+    const grpc::StatusCode code = calls[w].status.error_code();
+    if (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      outcome.unreachable.emplace_back(w, absl::StrCat("step ", step_id_, " failed: ", calls[w].status.error_message()));
+    }
+    if (!calls[w].status.ok() && code != grpc::StatusCode::CANCELLED && outcome.status.ok()) {
+      outcome.status = FromGrpcStatus(calls[w].status, absl::StrCat("worker ", slots[w], " step ", step_id_));
+    }
   }
+  if (!outcome.status.ok()) return outcome;
   const auto now = Clock::now();
   for (int w = 0; w < n; ++w) {
     const v1::StepResponse& resp = calls[w].response;
-    metrics_->AddStepTraffic(w, {resp.layer_all2all_bytes().begin(), resp.layer_all2all_bytes().end()},
-                             {resp.peer_all2all_bytes().begin(), resp.peer_all2all_bytes().end()},
-                             {resp.expert_tokens().begin(), resp.expert_tokens().end()});
+    std::vector<int64_t> per_slot(static_cast<size_t>(options_.num_workers), 0);
+    for (int peer = 0; peer < resp.peer_all2all_bytes_size() && peer < n; ++peer) per_slot[slots[peer]] = resp.peer_all2all_bytes(peer);
+    metrics_->AddStepTraffic(slots[w], {resp.layer_all2all_bytes().begin(), resp.layer_all2all_bytes().end()}, per_slot,
+                             {resp.expert_tokens().begin(), resp.expert_tokens().end()}, resp.results_size());
     for (const v1::SequenceResult& r : resp.results()) {
       auto it = running_.find(r.sequence_id());
       if (it == running_.end()) continue;
       Sequence& s = it->second;
-      s.handle->Push(r.token(), r.all2all_bytes());
-      metrics_->tokens_generated++;
-      (s.generated == 0 ? metrics_->ttft_seconds : metrics_->inter_token_seconds)
-          .Observe(std::chrono::duration<double>(now - (s.generated == 0 ? s.arrival : s.last_token_time)).count());
-      s.last_token_time = now;
-      s.last_token = r.token();
-      ++s.generated;
       const bool eos = std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(), r.token()) !=
                        config_.eos_token_ids.end();
-      if (eos || s.generated >= s.spec.max_tokens) {
-        s.handle->Finish(eos ? v1::FINISH_REASON_EOS : v1::FINISH_REASON_LENGTH);
+      const bool last = eos || static_cast<int64_t>(s.generated.size()) + 1 >= s.spec.max_tokens;
+      s.handle->Push(r.token(), r.all2all_bytes(),
+                     !last ? v1::FINISH_REASON_UNSPECIFIED : eos ? v1::FINISH_REASON_EOS : v1::FINISH_REASON_LENGTH);
+      metrics_->tokens_generated++;
+      const bool first = s.generated.empty();
+      (first ? metrics_->ttft_seconds : metrics_->inter_token_seconds)
+          .Observe(std::chrono::duration<double>(now - (first ? s.arrival : s.last_token_time)).count());
+      s.last_token_time = now;
+      s.generated.push_back(r.token());
+      if (last) {
         release_[s.worker].push_back(s.id);
         running_.erase(it);
       }
     }
   }
-  return absl::OkStatus();
+  return outcome;
 }
 
 }  // namespace moe

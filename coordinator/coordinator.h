@@ -1,6 +1,13 @@
 // The coordinator's core: membership, placement, admission and the continuous-batching engine loop that
 // drives every worker one step at a time. The gRPC front ends (inference_service.h, the Coordinator
 // service below) are thin layers over it.
+//
+// Failure model (DESIGN.md): a worker is declared dead when it misses heartbeats for heartbeat_timeout
+// or its Step call finds it unreachable. Between two engine steps the coordinator then re-places every
+// expert on the live workers under a new epoch (LoadShard aborts any collective still waiting for the
+// dead peer), and resumes every in-flight request by prefilling its prompt plus the tokens it already
+// streamed; the client sees each token once. A worker that registers again (or a new one, up to
+// num_workers) triggers the same re-placement and is used from then on.
 #ifndef MOE_COORDINATOR_COORDINATOR_H_
 #define MOE_COORDINATOR_COORDINATOR_H_
 
@@ -31,8 +38,9 @@ struct CoordinatorOptions {
   int max_queued = 256;             // waiting requests beyond this: RESOURCE_EXHAUSTED
   int max_running = 64;             // sequences in the running batch
   int64_t max_batch_tokens = 4096;  // prompt tokens admitted per step (a longer prompt is refused)
-  std::chrono::milliseconds heartbeat_timeout{2000};
+  std::chrono::milliseconds heartbeat_timeout{1500};
   std::chrono::milliseconds step_timeout{60000};
+  int max_resumes = 3;  // a request resumed more often than this fails (a step that fails every time)
   PlacementOptions placement;
   std::vector<std::vector<double>> expert_load;  // measured load for placement; empty = uniform
 };
@@ -62,8 +70,9 @@ class RequestHandle {
   void Cancel();
   bool cancelled() const;
 
-  // Scheduler side.
-  void Push(int32_t token, int64_t all2all_bytes);
+  // Scheduler side. A token that ends the request carries its finish reason, so that no Wait ever sees
+  // the final (EOS) token without also seeing the request done.
+  void Push(int32_t token, int64_t all2all_bytes, v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED);
   void Finish(v1::FinishReason reason);
   void Fail(absl::Status status);
 
@@ -91,11 +100,12 @@ class Coordinator final : public v1::Coordinator::Service {
   grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest*, v1::RegisterResponse*) override;
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*, v1::HeartbeatResponse*) override;
 
-  // Waits until all workers have registered and loaded their shards (then the engine loop runs).
+  // Waits until all num_workers workers have registered and loaded their shards (then the engine loop
+  // runs; from then on the cluster serves with whichever workers are alive).
   absl::Status WaitUntilReady(std::chrono::milliseconds timeout);
 
   // Validates and enqueues a request. INVALID_ARGUMENT (bad prompt, sampling, task, length),
-  // RESOURCE_EXHAUSTED (queue full, prompt over the batch limit), UNAVAILABLE (not ready, failed).
+  // RESOURCE_EXHAUSTED (queue full, prompt over the batch limit), UNAVAILABLE (not ready, no live worker).
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationSpec spec);
 
   // Stops the engine loop; every request still open fails with UNAVAILABLE.
@@ -106,22 +116,33 @@ class Coordinator final : public v1::Coordinator::Service {
     uint64_t id = 0;
     GenerationSpec spec;
     std::shared_ptr<RequestHandle> handle;
-    int worker = -1;
-    int64_t generated = 0;
-    int32_t last_token = -1;
-    bool started = false;
+    int worker = -1;                // rank in the current shard map
+    std::vector<int32_t> generated;  // tokens streamed to the client so far
+    bool started = false;            // its worker holds its KV cache
+    int resumes = 0;
     std::chrono::steady_clock::time_point arrival, last_token_time;
   };
+  // A registration slot; its index is the worker id the worker heartbeats with.
   struct WorkerInfo {
     std::string address;
+    bool alive = false;
     std::chrono::steady_clock::time_point last_heartbeat;
-    std::unique_ptr<v1::Worker::Stub> stub;
+    std::shared_ptr<v1::Worker::Stub> stub;
+  };
+  // What a failed step tells about the workers.
+  struct StepOutcome {
+    absl::Status status;                                    // the first failure
+    std::vector<std::pair<int, std::string>> unreachable;  // rank, and how its call failed
   };
 
   explicit Coordinator(const CoordinatorOptions& options, ModelConfig config);
-  absl::Status LoadShards();
+  // Places the experts on the live workers under a new epoch, loads the shards, and restarts every
+  // running sequence on the new map. Retries without workers that fail to load; UNAVAILABLE when no
+  // worker is left.
+  absl::Status Reconfigure();
   void EngineLoop();
-  absl::Status RunStep();
+  StepOutcome RunStep();
+  void MarkDead(int slot, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void FailAll(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const CoordinatorOptions options_;
@@ -130,17 +151,19 @@ class Coordinator final : public v1::Coordinator::Service {
 
   mutable absl::Mutex mutex_;
   std::vector<WorkerInfo> workers_ ABSL_GUARDED_BY(mutex_);
+  bool membership_changed_ ABSL_GUARDED_BY(mutex_) = false;  // re-place before the next step
   ShardMap shard_map_ ABSL_GUARDED_BY(mutex_);
+  std::vector<int> rank_slot_ ABSL_GUARDED_BY(mutex_);  // the shard map's rank -> registration slot
   bool ready_ ABSL_GUARDED_BY(mutex_) = false;
-  absl::Status failed_ ABSL_GUARDED_BY(mutex_);  // set once the cluster cannot serve
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::deque<Sequence> queue_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_sequence_id_ ABSL_GUARDED_BY(mutex_) = 1;
 
   // Owned by the engine loop thread only.
   std::map<uint64_t, Sequence> running_;
-  std::vector<std::vector<uint64_t>> release_;  // per worker, sent with the next step
+  std::vector<std::vector<uint64_t>> release_;  // per rank, sent with the next step
   uint64_t step_id_ = 0;
+  int last_assigned_rank_ = -1;
   std::thread engine_thread_;
 };
 

@@ -8,6 +8,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "coordinator/inference_service.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -22,7 +23,7 @@ ABSL_FLAG(int32_t, startup_timeout_ms, 120000, "deadline for the workers to regi
 ABSL_FLAG(int32_t, max_queued, 256, "waiting requests before RESOURCE_EXHAUSTED");
 ABSL_FLAG(int32_t, max_running, 64, "sequences in the running batch");
 ABSL_FLAG(int64_t, max_batch_tokens, 4096, "prompt tokens admitted per step");
-ABSL_FLAG(int32_t, heartbeat_timeout_ms, 2000, "a worker silent this long is dead");
+ABSL_FLAG(int32_t, heartbeat_timeout_ms, 1500, "a worker silent this long is dead");
 ABSL_FLAG(double, replicate_above, 0.0, "replicate experts loaded above this multiple of the mean (0 = off)");
 ABSL_FLAG(std::string, expert_load, "", "measured expert load for placement (moe-eval --json output, or {\"expert_load\": [[...]]})");
 
@@ -37,6 +38,7 @@ int Fail(const std::string& m) {
 
 int main(int argc, char** argv) {
   moe::ParseFlags(argc, argv);
+  moe::LogProgramName() = "moe-coordinator";
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGPIPE, SIG_IGN);

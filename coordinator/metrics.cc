@@ -57,11 +57,20 @@ ClusterMetrics::ClusterMetrics(int num_layers, int num_experts, int num_workers)
       start_seconds_(NowSeconds()),
       layer_bytes_(static_cast<size_t>(num_layers), 0),
       pair_bytes_(static_cast<size_t>(num_workers * num_workers), 0),
-      expert_tokens_(static_cast<size_t>(num_layers * num_experts), 0) {}
+      expert_tokens_(static_cast<size_t>(num_layers * num_experts), 0),
+      worker_tokens_(static_cast<size_t>(num_workers), 0),
+      worker_up_(static_cast<size_t>(num_workers), 0) {}
+
+void ClusterMetrics::SetWorkerUp(int worker, bool up) {
+  absl::MutexLock lock(&mutex_);
+  if (worker >= 0 && worker < num_workers_) worker_up_[static_cast<size_t>(worker)] = up ? 1 : 0;
+}
 
 void ClusterMetrics::AddStepTraffic(int worker, const std::vector<int64_t>& per_layer,
-                                    const std::vector<int64_t>& per_peer, const std::vector<int64_t>& expert_tokens) {
+                                    const std::vector<int64_t>& per_peer, const std::vector<int64_t>& expert_tokens,
+                                    int64_t generated_tokens) {
   absl::MutexLock lock(&mutex_);
+  if (worker >= 0 && worker < num_workers_) worker_tokens_[static_cast<size_t>(worker)] += generated_tokens;
   for (size_t l = 0; l < per_layer.size() && l < layer_bytes_.size(); ++l) layer_bytes_[l] += per_layer[l];
   for (size_t p = 0; p < per_peer.size() && static_cast<int>(p) < num_workers_; ++p) {
     pair_bytes_[static_cast<size_t>(worker * num_workers_) + p] += per_peer[p];
@@ -83,6 +92,11 @@ std::string ClusterMetrics::Render() const {
   counter("moe_engine_steps_total", "Engine steps run.", steps.load());
   counter("moe_queue_depth", "Requests waiting for admission.", queue_depth.load(), "gauge");
   counter("moe_running_requests", "Requests in the running batch.", running.load(), "gauge");
+  counter("moe_workers_alive", "Workers in the current shard map.", workers_alive.load(), "gauge");
+  counter("moe_shard_map_epoch", "Epoch of the current shard map.", shard_map_epoch.load(), "gauge");
+  counter("moe_worker_failures_total", "Workers declared dead (missed heartbeats or unreachable).", worker_failures.load());
+  counter("moe_reconfigurations_total", "Shard maps installed (start-up, failures, returning workers).", reconfigurations.load());
+  counter("moe_resumed_requests_total", "In-flight requests resumed on a new shard map.", resumed_requests.load());
   const double elapsed = std::max(1e-9, NowSeconds() - start_seconds_);
   absl::StrAppend(&out, "# HELP moe_tokens_per_second Generated tokens per second since start.\n",
                   "# TYPE moe_tokens_per_second gauge\nmoe_tokens_per_second ",
@@ -97,6 +111,11 @@ std::string ClusterMetrics::Render() const {
       absl::StrAppend(&out, "moe_all2all_pair_bytes_total{src=\"", a, "\",dst=\"", b, "\"} ", pair_bytes_[a * num_workers_ + b], "\n");
     }
   }
+  out += "# HELP moe_worker_up Whether the worker slot holds a live member.\n# TYPE moe_worker_up gauge\n";
+  for (int w = 0; w < num_workers_; ++w) absl::StrAppend(&out, "moe_worker_up{worker=\"", w, "\"} ", worker_up_[w], "\n");
+  out += "# HELP moe_worker_generated_tokens_total Tokens generated for the sequences each worker runs.\n"
+         "# TYPE moe_worker_generated_tokens_total counter\n";
+  for (int w = 0; w < num_workers_; ++w) absl::StrAppend(&out, "moe_worker_generated_tokens_total{worker=\"", w, "\"} ", worker_tokens_[w], "\n");
   out += "# HELP moe_expert_tokens_total Tokens computed by each expert.\n# TYPE moe_expert_tokens_total counter\n";
   for (int l = 0; l < num_layers_; ++l) {
     for (int e = 0; e < num_experts_; ++e) {

@@ -43,10 +43,18 @@ class ClusterMetrics {
   std::atomic<int64_t> queue_depth{0};
   std::atomic<int64_t> running{0};
   std::atomic<int64_t> steps{0};
+  std::atomic<int64_t> workers_alive{0};
+  std::atomic<int64_t> shard_map_epoch{0};
+  std::atomic<int64_t> worker_failures{0};   // workers declared dead
+  std::atomic<int64_t> reconfigurations{0};  // shard maps installed
+  std::atomic<int64_t> resumed_requests{0};  // in-flight requests re-prefilled on a new shard map
 
-  // Adds one worker's step report.
+  // Adds one worker's step report. Workers are registration slots (stable across shard maps);
+  // per_peer is indexed by slot too.
   void AddStepTraffic(int worker, const std::vector<int64_t>& per_layer, const std::vector<int64_t>& per_peer,
-                      const std::vector<int64_t>& expert_tokens);
+                      const std::vector<int64_t>& expert_tokens, int64_t generated_tokens);
+  // Whether registration slot `worker` holds a live member.
+  void SetWorkerUp(int worker, bool up);
   std::string Render() const;
 
  private:
@@ -56,6 +64,8 @@ class ClusterMetrics {
   std::vector<int64_t> layer_bytes_ ABSL_GUARDED_BY(mutex_);
   std::vector<int64_t> pair_bytes_ ABSL_GUARDED_BY(mutex_);    // [from * workers + to]
   std::vector<int64_t> expert_tokens_ ABSL_GUARDED_BY(mutex_); // [layer * experts + expert]
+  std::vector<int64_t> worker_tokens_ ABSL_GUARDED_BY(mutex_); // tokens generated for sequences on each worker
+  std::vector<int64_t> worker_up_ ABSL_GUARDED_BY(mutex_);
 };
 
 // Serves GET /metrics with `render()` on a loopback-or-any port; one connection at a time.

@@ -81,7 +81,7 @@ absl::Status LocalExpertDispatcher::DispatchCombine(int64_t layer, const Routing
     RunFfn(moe.experts[e], gathered_.data(), n, expert_out_.data(), &scratch_, pool_);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t s = slot_order[start[e] + i];
-      Axpy(routing.weights[s], expert_out_.data() + i * h, out + (s / routing.top_k) * h, h);
+      AddProduct(routing.weights[s], expert_out_.data() + i * h, out + (s / routing.top_k) * h, h);
     }
   }
   return absl::OkStatus();

@@ -123,6 +123,41 @@ TEST_P(ModelTest, BatchedGenerationEqualsOneAtATime) {
   }
 }
 
+// What a resumed request relies on (the coordinator re-prefills prompt + streamed tokens on a new shard
+// map): the logits of a position do not depend on whether it was decoded or prefilled, bit for bit,
+// so a greedy continuation is the same tokens.
+TEST_P(ModelTest, PrefillOfPromptPlusGeneratedTokensContinuesBitForBit) {
+  GenerationRequest whole;
+  whole.prompt = {1, 17, 300, 42, 5};
+  whole.max_tokens = 40;
+  whole.stop_at_eos = false;
+  MOE_ASSERT_OK_AND_ASSIGN(auto reference, Generate(*model_, {whole}));
+  const std::vector<int32_t>& tokens = reference[0].tokens;
+  for (size_t k : {1u, 9u, 30u}) {
+    GenerationRequest resumed = whole;
+    resumed.prompt.insert(resumed.prompt.end(), tokens.begin(), tokens.begin() + k);
+    resumed.max_tokens = whole.max_tokens - static_cast<int64_t>(k);
+    MOE_ASSERT_OK_AND_ASSIGN(auto rest, Generate(*model_, {resumed}));
+    EXPECT_EQ(rest[0].tokens, std::vector<int32_t>(tokens.begin() + k, tokens.end())) << "resumed after " << k;
+  }
+  // And the logits themselves: decode step by step vs one prefill of the same tokens.
+  std::vector<int32_t> sequence = whole.prompt;
+  sequence.insert(sequence.end(), tokens.begin(), tokens.begin() + 12);
+  const int64_t v = model_->config().vocab_size;
+  auto decoded = model_->NewCache();
+  std::vector<float> last;
+  for (size_t pos = 0; pos < sequence.size(); ++pos) {
+    ForwardInput step{decoded.get(), std::span<const int32_t>(&sequence[pos], 1)};
+    MOE_ASSERT_OK_AND_ASSIGN(last, model_->Forward({&step, 1}));
+  }
+  auto prefilled = model_->NewCache();
+  ForwardInput all{prefilled.get(), sequence};
+  MOE_ASSERT_OK_AND_ASSIGN(std::vector<float> once, model_->Forward({&all, 1}));
+  float worst = 0;
+  for (int64_t i = 0; i < v; ++i) worst = std::max(worst, std::abs(once[i] - last[i]));
+  EXPECT_EQ(worst, 0.0f) << "largest logit difference between decode and prefill";
+}
+
 INSTANTIATE_TEST_SUITE_P(BothFamilies, ModelTest, ::testing::Values("mixtral", "qwen2_moe"));
 
 TEST(RoutingTest, SoftmaxTopKAndRenormalizationByHand) {

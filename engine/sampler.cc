@@ -19,10 +19,18 @@ int32_t ArgMax(std::span<const float> values) {
   return static_cast<int32_t>(std::max_element(values.begin(), values.end()) - values.begin());
 }
 
+namespace {
+constexpr uint64_t kGoldenGamma = 0x9E3779B97F4A7C15ull;  // splitmix64's increment: one per draw
+}  // namespace
+
 Sampler::Sampler(const SamplingParams& params) : params_(params), state_(params.seed ^ 0x5851F42D4C957F2Dull) {}
 
+void Sampler::SkipSamples(int64_t samples) {
+  if (params_.temperature > 0.0f) state_ += static_cast<uint64_t>(samples) * kGoldenGamma;  // one draw per sample
+}
+
 double Sampler::NextUniform() {
-  uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+  uint64_t z = (state_ += kGoldenGamma);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   z ^= z >> 31;

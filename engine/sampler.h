@@ -25,6 +25,8 @@ class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
   int32_t Sample(std::span<const float> logits);
+  // Puts the random stream where it would be after `samples` calls of Sample (resuming a sequence).
+  void SkipSamples(int64_t samples);
 
  private:
   double NextUniform();  // [0, 1)

@@ -32,6 +32,20 @@ TEST(SamplerTest, SameSeedSameTokensOtherSeedOtherTokens) {
   EXPECT_GT(differ, 20);
 }
 
+TEST(SamplerTest, SkipSamplesContinuesTheStreamWhereAResumedSequenceLeftOff) {
+  SamplingParams p{.temperature = 0.8f, .top_k = 0, .top_p = 0.9f, .seed = 7};
+  Sampler whole(p);
+  std::vector<int32_t> expected;
+  for (int i = 0; i < 100; ++i) expected.push_back(whole.Sample(kLogits));
+  Sampler resumed(p);
+  resumed.SkipSamples(60);
+  for (int i = 60; i < 100; ++i) ASSERT_EQ(resumed.Sample(kLogits), expected[i]) << "sample " << i;
+  Sampler not_skipped(p);
+  int differ = 0;
+  for (int i = 60; i < 100; ++i) differ += not_skipped.Sample(kLogits) != expected[i];
+  EXPECT_GT(differ, 5);
+}
+
 TEST(SamplerTest, FrequenciesFollowTheSoftmax) {
   Sampler s(SamplingParams{.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 7});
   std::vector<int> counts(kLogits.size());

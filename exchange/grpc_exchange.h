@@ -35,6 +35,10 @@ class GrpcExchange : public Exchange {
   // (INVALID_ARGUMENT).
   grpc::Status Deliver(const v1::ExchangeMessage& message);
 
+  // Ends a collective blocked on a peer that will never answer (a dead worker), now and for good:
+  // AllToAll returns `status`. Called when a new shard map replaces this exchange's group.
+  void Abort(absl::Status status) { inbox_.Abort(std::move(status)); }
+
   int64_t bytes_sent() const { return bytes_sent_.load(); }
 
  private:

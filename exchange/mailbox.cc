@@ -18,16 +18,22 @@ absl::StatusOr<std::string> Mailbox::Take(uint64_t tag, int from, std::chrono::m
   struct Arrived {
     Mailbox* box;
     std::pair<uint64_t, int> key;
-    bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return box->messages_.count(key) > 0; }
+    bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return !box->aborted_.ok() || box->messages_.count(key) > 0; }
   } arrived{this, key};
   if (!mutex_.AwaitWithTimeout(absl::Condition(&arrived, &Arrived::Ready), absl::FromChrono(timeout))) {
     return absl::DeadlineExceededError(absl::StrCat("no message with tag ", tag, " from member ", from, " within ",
                                                     timeout.count(), " ms"));
   }
+  if (!aborted_.ok()) return aborted_;
   auto it = messages_.find(key);
   std::string payload = std::move(it->second);
   messages_.erase(it);
   return payload;
+}
+
+void Mailbox::Abort(absl::Status status) {
+  absl::MutexLock lock(&mutex_);
+  if (aborted_.ok()) aborted_ = std::move(status);
 }
 
 void Mailbox::Clear() {

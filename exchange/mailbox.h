@@ -22,9 +22,13 @@ class Mailbox {
   absl::StatusOr<std::string> Take(uint64_t tag, int from, std::chrono::milliseconds timeout);
   // Drops every message (membership change).
   void Clear();
+  // Wakes every waiting and future Take with `status` (not OK): the group this mailbox serves is gone
+  // (a new shard map superseded it). Idempotent; the first status wins.
+  void Abort(absl::Status status);
 
  private:
   absl::Mutex mutex_;
+  absl::Status aborted_ ABSL_GUARDED_BY(mutex_);
   std::map<std::pair<uint64_t, int>, std::string> messages_ ABSL_GUARDED_BY(mutex_);
 };
 

@@ -27,6 +27,11 @@ inline void MatMul(const float* x, int64_t rows, const PackedMatrix& w, float* y
 float Dot(const float* a, const float* b, int64_t n, SimdLevel level = BestSimdLevel());
 // y[i] += alpha * x[i]
 void Axpy(float alpha, const float* x, float* y, int64_t n, SimdLevel level = BestSimdLevel());
+// y[i] += alpha * x[i] with the product rounded to float before the sum (never a fused multiply-add).
+// The MoE combine uses it: with every weighted expert output rounded on its own, adding two of them
+// is commutative, so a top-2 token's output is bit-identical wherever its experts run (one worker
+// or two, any shard map, the single-process engine); a resumed request then continues exactly.
+void AddProduct(float alpha, const float* x, float* y, int64_t n);
 
 // The per-level entry points behind the functions above (one definition per kernels_<level>.cc).
 struct KernelTable {

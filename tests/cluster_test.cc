@@ -1,8 +1,13 @@
 // System tests of the cluster as real processes: cluster/run-local starts moe-coordinator and N
 // moe-worker processes on loopback; clients talk to it over gRPC like any user would.
+#include <signal.h>
+
 #include <filesystem>
+#include <functional>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "checkpoint/random_checkpoint.h"
 #include "common/status.h"
 #include "common/status_matchers.h"
@@ -147,6 +152,114 @@ TEST(ClusterSystemTest, SixtyFourConcurrentStreamsAllCompleteUnmixed) {
   ASSERT_THAT(metrics, IsOk());
   EXPECT_NE(metrics->find("moe_time_to_first_token_seconds_count 64"), std::string::npos) << *metrics;
   EXPECT_NE(metrics->find("moe_all2all_pair_bytes_total{src=\"0\",dst=\"1\"}"), std::string::npos);
+}
+
+// The value of one metric line ("name{labels} value"), or -1 when absent.
+double MetricValue(const std::string& metrics, const std::string& series) {
+  const size_t at = metrics.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(metrics.substr(at + series.size() + 2));
+}
+
+absl::StatusOr<double> ScrapeMetric(const LocalCluster& cluster, const std::string& series) {
+  MOE_ASSIGN_OR_RETURN(std::string metrics, HttpGet(cluster.metrics_url(), std::chrono::seconds(5)));
+  return MetricValue(metrics, series);
+}
+
+// Polls a metric until `done(value)` or the deadline; returns the last value seen.
+double AwaitMetric(const LocalCluster& cluster, const std::string& series, const std::function<bool(double)>& done,
+                   std::chrono::milliseconds deadline) {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  double value = -1;
+  do {
+    auto v = ScrapeMetric(cluster, series);
+    if (v.ok()) value = *v;
+    if (done(value)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling interval under a deadline
+  } while (std::chrono::steady_clock::now() < until);
+  return value;
+}
+
+TEST(ClusterFaultTest, KillNineOfAWorkerWhileTwentyRequestsStreamLosesNothingAndItsReturnIsUsed) {
+  constexpr int kClients = 20;
+  constexpr int kTokens = 40;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < kClients; ++i) prompts.push_back(Prompt(i));
+  const auto expected = EngineGreedy(prompts, kTokens);
+  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), 3));
+  ASSERT_EQ(cluster->worker_pids().size(), 3u);
+  auto stub = Client(*cluster);
+
+  absl::Mutex mutex;
+  int tokens_received = 0;
+  std::vector<std::vector<int32_t>> got(kClients);
+  std::vector<grpc::Status> status(kClients);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(DeadlineAfter(kCallDeadline));
+      auto reader = stub->Generate(&ctx, Request(prompts[i], kTokens));
+      v1::GenerateResponse r;
+      while (reader->Read(&r)) {
+        absl::MutexLock lock(&mutex);
+        got[i].insert(got[i].end(), r.token_ids().begin(), r.token_ids().end());
+        tokens_received += r.token_ids_size();
+      }
+      status[i] = reader->Finish();
+    });
+  }
+  {
+    // Kill once every stream is under way (about a fifth of all tokens delivered).
+    absl::MutexLock lock(&mutex);
+    mutex.AwaitWithTimeout(absl::Condition(+[](int* n) { return *n >= kClients * kTokens / 5; }, &tokens_received),
+                           absl::Seconds(120));
+    ASSERT_LT(tokens_received, kClients * kTokens / 2) << "the streams finished before the fault could be injected";
+  }
+  const auto killed_at = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(cluster->worker_pids()[1], SIGKILL), 0);
+  const double failures = AwaitMetric(*cluster, "moe_worker_failures_total", [](double v) { return v >= 1; },
+                                      std::chrono::seconds(2));
+  const auto noticed_after = std::chrono::steady_clock::now() - killed_at;
+  EXPECT_EQ(failures, 1) << "the coordinator did not declare the worker dead within 2 s";
+  std::cerr << "worker death noticed after "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(noticed_after).count() << " ms\n";
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(status[i].ok()) << "client " << i << ": " << status[i].error_message();
+    size_t first_difference = 0;
+    while (first_difference < std::min(got[i].size(), expected[i].size()) && got[i][first_difference] == expected[i][first_difference]) {
+      ++first_difference;
+    }
+    EXPECT_EQ(got[i], expected[i]) << "client " << i << ": every token exactly once, as in a fault-free greedy run; "
+                                   << "first difference at token " << first_difference;
+  }
+  MOE_ASSERT_OK_AND_ASSIGN(std::string metrics, HttpGet(cluster->metrics_url(), std::chrono::seconds(5)));
+  EXPECT_EQ(MetricValue(metrics, "moe_workers_alive"), 2) << metrics;
+  EXPECT_GE(MetricValue(metrics, "moe_resumed_requests_total"), 1) << metrics;
+  std::string dead_slot;
+  for (const char* slot : {"0", "1", "2"}) {
+    if (MetricValue(metrics, absl::StrCat("moe_worker_up{worker=\"", slot, "\"}")) == 0) dead_slot = slot;
+  }
+  ASSERT_FALSE(dead_slot.empty()) << metrics;
+  const std::string dead_tokens = absl::StrCat("moe_worker_generated_tokens_total{worker=\"", dead_slot, "\"}");
+
+  // The worker comes back (a new process): it takes the dead one's slot and serves again.
+  const double before = MetricValue(metrics, dead_tokens);
+  MOE_ASSERT_OK_AND_ASSIGN(int pid, cluster->StartWorker(ModelDir()));
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(AwaitMetric(*cluster, "moe_workers_alive", [](double v) { return v == 3; }, std::chrono::seconds(60)), 3);
+  for (int i = 0; i < 6; ++i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(kCallDeadline));
+    v1::GenerateResponse response;
+    ASSERT_TRUE(stub->Complete(&ctx, Request(prompts[i], 8), &response).ok());
+    const std::vector<int32_t> want(expected[i].begin(), expected[i].begin() + std::min<size_t>(8, expected[i].size()));
+    EXPECT_EQ(std::vector<int32_t>(response.token_ids().begin(), response.token_ids().end()), want);
+  }
+  MOE_ASSERT_OK_AND_ASSIGN(double after, ScrapeMetric(*cluster, dead_tokens));
+  EXPECT_GT(after, before) << "the returning worker was not given sequences";
+  EXPECT_THAT(cluster->Stop(), IsOk());
 }
 
 TEST(ClusterSystemTest, CancelFreesTheSlotAndLimitsGiveResourceExhausted) {

@@ -38,8 +38,9 @@ def count(r):
 
 
 def binary(r):
-    n = r.randrange(0, 1024)
-    return f"bin {n}=", format(n, "b")
+    """Base conversion, three hexadecimal digits to twelve binary digits."""
+    n = r.randrange(0, 16 ** 3)
+    return f"bin {n:03x}=", format(n, "012b")
 
 
 def lookup(r):

@@ -66,21 +66,30 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-class Expert(nn.Module):
-    def __init__(self, d, f):
+class Experts(nn.Module):
+    """All E SwiGLU experts of a layer as stacked weights [E, out, in] (saved as the Hugging Face
+    per-expert tensors)."""
+    def __init__(self, e, d, f):
         super().__init__()
-        self.w1, self.w3, self.w2 = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False), nn.Linear(f, d, bias=False)
+        self.w1 = nn.Parameter(torch.randn(e, f, d) / math.sqrt(d))
+        self.w3 = nn.Parameter(torch.randn(e, f, d) / math.sqrt(d))
+        self.w2 = nn.Parameter(torch.randn(e, d, f) / math.sqrt(f))
 
-    def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+    def forward(self, x, combine):
+        """x [T, d]; combine [T, E] routing weights, zero for experts a token does not use. Every expert runs
+        densely on every token (a few large matmuls are far faster on a CPU than gathering per expert), and
+        the zero weights make the result and its gradients exactly those of sparse top-k routing."""
+        h = F.silu(torch.matmul(x, self.w1.transpose(1, 2))) * torch.matmul(x, self.w3.transpose(1, 2))  # [E,T,f]
+        y = torch.matmul(h, self.w2.transpose(1, 2)).float()  # [E, T, d]
+        return (y * combine.t()[:, :, None]).sum(0)
 
 
 class MoE(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.gate = nn.Linear(c["hidden_size"], c["num_local_experts"], bias=False)
-        self.experts = nn.ModuleList(Expert(c["hidden_size"], c["intermediate_size"]) for _ in range(c["num_local_experts"]))
-        self.k = c["num_experts_per_tok"]
+        self.experts = Experts(c["num_local_experts"], c["hidden_size"], c["intermediate_size"])
+        self.k, self.e = c["num_experts_per_tok"], c["num_local_experts"]
 
     def forward(self, x, valid):
         """x [T, d]; valid [T] bool (padding excluded from the balance loss). Returns (out, aux, counts)."""
@@ -88,17 +97,13 @@ class MoE(nn.Module):
         probs = F.softmax(logits, dim=-1)
         weights, chosen = torch.topk(probs, self.k, dim=-1)
         weights = weights / weights.sum(-1, keepdim=True)
-        out = torch.zeros_like(x, dtype=torch.float32)
-        e_count = len(self.experts)
-        for e, expert in enumerate(self.experts):
-            tok, slot = torch.where(chosen == e)
-            if tok.numel():
-                out.index_add_(0, tok, expert(x[tok]).float() * weights[tok, slot, None])
-        one_hot = F.one_hot(chosen, e_count).float().sum(1)  # [T, E]
+        combine = torch.zeros_like(probs).scatter(1, chosen, weights)
+        out = self.experts(x, combine)
+        one_hot = F.one_hot(chosen, self.e).float().sum(1)  # [T, E]
         v = valid.float()[:, None]
         frac = (one_hot * v).sum(0) / (v.sum() * self.k)
         mean_prob = (probs * v).sum(0) / v.sum()
-        return out, e_count * (frac * mean_prob).sum(), one_hot[valid].sum(0)
+        return out, self.e * (frac * mean_prob).sum(), one_hot[valid].sum(0)
 
 
 class Layer(nn.Module):
@@ -198,6 +203,11 @@ def save_safetensors(model, path):
     tensors = {}
     for name, p in model.state_dict().items():
         hf = name if name.startswith("lm_head") else "model." + name
+        if ".experts.w" in name:  # stacked [E, out, in] -> one Hugging Face tensor per expert
+            prefix, w = hf.rsplit(".", 1)
+            for e in range(p.shape[0]):
+                tensors[f"{prefix}.{e}.{w}.weight"] = p[e].detach().to(torch.bfloat16).contiguous()
+            continue
         tensors[hf] = p.detach().to(torch.bfloat16).contiguous()
     header, offset, blobs = {}, 0, []
     for name in sorted(tensors):

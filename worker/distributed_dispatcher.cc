@@ -135,7 +135,7 @@ absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const R
     }
     RunFfn(moe.experts[e], gathered_.data(), n, expert_out_.data(), &scratch_, pool_);
     for (int64_t i = 0; i < n; ++i) {
-      Axpy(slots[i].weight, expert_out_.data() + i * h, replies[slots[i].from].data() + slots[i].row * h, h);
+      AddProduct(slots[i].weight, expert_out_.data() + i * h, replies[slots[i].from].data() + slots[i].row * h, h);
     }
   }
 

@@ -50,41 +50,51 @@ int main(int argc, char** argv) {
 
   auto stub = moe::v1::Coordinator::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_coordinator), grpc::InsecureChannelCredentials()));
   const auto orphan = std::chrono::milliseconds(absl::GetFlag(FLAGS_orphan_timeout_ms));
-  int worker_id = -1;
   auto last_contact = std::chrono::steady_clock::now();
-  while (!g_stop && worker_id < 0) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(moe::DeadlineAfter(std::chrono::milliseconds(1000)));
-    ctx.set_wait_for_ready(true);
-    moe::v1::RegisterRequest req;
-    req.set_address(address);
-    req.set_pid(getpid());
-    moe::v1::RegisterResponse resp;
-    grpc::Status s = stub->Register(&ctx, req, &resp);
-    if (s.ok()) {
-      worker_id = resp.worker_id();
-    } else if (s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED && s.error_code() != grpc::StatusCode::UNAVAILABLE) {
-      std::cerr << "moe-worker: registration refused: " << s.error_message() << "\n";
-      return 1;
-    } else if (std::chrono::steady_clock::now() - last_contact > orphan) {
-      std::cerr << "moe-worker: coordinator " << absl::GetFlag(FLAGS_coordinator) << " unreachable\n";
-      return 1;
-    }
-  }
-  std::cerr << "moe-worker: registered as worker " << worker_id << " at " << address << "\n";
-  last_contact = std::chrono::steady_clock::now();
+  // Registers, then heartbeats; registers again when the coordinator no longer counts this worker as a
+  // member (it was declared dead, e.g. after a stall): it is then given a shard of a new map.
   while (!g_stop) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(absl::GetFlag(FLAGS_heartbeat_ms)));  // heartbeat period, not a sync
-    grpc::ClientContext ctx;
-    ctx.set_deadline(moe::DeadlineAfter(std::chrono::milliseconds(1000)));
-    moe::v1::HeartbeatRequest req;
-    req.set_worker_id(worker_id);
-    moe::v1::HeartbeatResponse resp;
-    if (stub->Heartbeat(&ctx, req, &resp).ok()) {
-      last_contact = std::chrono::steady_clock::now();
-    } else if (std::chrono::steady_clock::now() - last_contact > orphan) {
-      std::cerr << "moe-worker: lost the coordinator; exiting\n";
-      break;
+    int worker_id = -1;
+    while (!g_stop && worker_id < 0) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(moe::DeadlineAfter(std::chrono::milliseconds(1000)));
+      ctx.set_wait_for_ready(true);
+      moe::v1::RegisterRequest req;
+      req.set_address(address);
+      req.set_pid(getpid());
+      moe::v1::RegisterResponse resp;
+      grpc::Status s = stub->Register(&ctx, req, &resp);
+      if (s.ok()) {
+        worker_id = resp.worker_id();
+      } else if (s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED && s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+        std::cerr << "moe-worker: registration refused: " << s.error_message() << "\n";
+        return 1;
+      } else if (std::chrono::steady_clock::now() - last_contact > orphan) {
+        std::cerr << "moe-worker: coordinator " << absl::GetFlag(FLAGS_coordinator) << " unreachable\n";
+        return 1;
+      }
+    }
+    if (g_stop) break;
+    std::cerr << "moe-worker: registered as worker " << worker_id << " at " << address << std::endl;
+    last_contact = std::chrono::steady_clock::now();
+    while (!g_stop) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(absl::GetFlag(FLAGS_heartbeat_ms)));  // heartbeat period, not a sync
+      grpc::ClientContext ctx;
+      ctx.set_deadline(moe::DeadlineAfter(std::chrono::milliseconds(1000)));
+      moe::v1::HeartbeatRequest req;
+      req.set_worker_id(worker_id);
+      moe::v1::HeartbeatResponse resp;
+      grpc::Status s = stub->Heartbeat(&ctx, req, &resp);
+      if (s.ok()) {
+        last_contact = std::chrono::steady_clock::now();
+      } else if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+        std::cerr << "moe-worker: " << s.error_message() << std::endl;
+        last_contact = std::chrono::steady_clock::now();
+        break;
+      } else if (std::chrono::steady_clock::now() - last_contact > orphan) {
+        std::cerr << "moe-worker: lost the coordinator; exiting\n";
+        g_stop = true;
+      }
     }
   }
   server->Shutdown(moe::DeadlineAfter(std::chrono::seconds(2)));

@@ -56,6 +56,14 @@ WorkerService::WorkerService(Options options) : options_(std::move(options)), po
 
 grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardRequest* request,
                                       v1::LoadShardResponse* response) {
+  {
+    // A Step of the old map may be blocked in a collective waiting for a dead peer: end it now, so
+    // that step_mutex_ comes free (the coordinator has already given up on that step).
+    absl::MutexLock exchange_lock(&exchange_mutex_);
+    if (exchange_ != nullptr && exchange_->epoch() < request->shard_map().epoch()) {
+      exchange_->Abort(absl::AbortedError(absl::StrCat("superseded by shard map epoch ", request->shard_map().epoch())));
+    }
+  }
   absl::MutexLock lock(&step_mutex_);
   if (source_ == nullptr) {
     auto source = ModelSource::Open(options_.model_dir);
@@ -114,8 +122,14 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
     if (w.start()) {
       SamplingParams params{w.temperature(), w.top_k(), w.top_p() == 0.0f ? 1.0f : w.top_p(), w.seed()};
       if (absl::Status s = params.Validate(); !s.ok()) return ToGrpcStatus(s);
+      if (w.sampled_before() < 0 || w.sampled_before() >= w.tokens_size()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            absl::StrCat("sequence ", w.sequence_id(), ": sampled_before ", w.sampled_before(),
+                                         " must be in [0, tokens)"));
+      }
       sequences_.erase(w.sequence_id());
-      sequences_.emplace(w.sequence_id(), Sequence{model.NewCache(), Sampler(params)});
+      Sequence& sequence = sequences_.emplace(w.sequence_id(), Sequence{model.NewCache(), Sampler(params)}).first->second;
+      sequence.sampler.SkipSamples(w.sampled_before());
     }
     auto it = sequences_.find(w.sequence_id());
     if (it == sequences_.end()) {
@@ -131,6 +145,10 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
   if (!logits.ok()) {
     // A failed step leaves these sequences in an unknown state: drop them; the coordinator decides.
     for (const v1::SequenceWork& w : request->work()) sequences_.erase(w.sequence_id());
+    // UNAVAILABLE from here would read as "this worker is unreachable"; it is a peer that is.
+    if (absl::IsUnavailable(logits.status())) {
+      return ToGrpcStatus(absl::AbortedError(absl::StrCat("all-to-all: ", logits.status().message())));
+    }
     return ToGrpcStatus(logits.status());
   }
   const StepTraffic& traffic = shard_->dispatcher->traffic();
