@@ -26,12 +26,13 @@ namespace moe {
 absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::string& model_dir, int workers,
                                                                    const std::vector<std::string>& flags,
                                                                    std::chrono::seconds timeout,
-                                                                   const std::vector<std::string>& run_local_flags) {
+                                                                   const std::vector<std::string>& launcher_flags,
+                                                                   const std::string& launcher) {
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
-  std::vector<std::string> args = {std::string(MOE_SOURCE_DIR) + "/cluster/run-local", "--workers", std::to_string(workers),
+  std::vector<std::string> args = {std::string(MOE_SOURCE_DIR) + "/cluster/" + launcher, "--workers", std::to_string(workers),
                                    "--model", model_dir, "--port", "0"};
-  args.insert(args.end(), run_local_flags.begin(), run_local_flags.end());
+  args.insert(args.end(), launcher_flags.begin(), launcher_flags.end());
   if (!flags.empty()) {
     args.push_back("--");
     args.insert(args.end(), flags.begin(), flags.end());
@@ -57,7 +58,7 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::str
   ::close(pipe_fds[1]);
   if (rc != 0) {
     ::close(pipe_fds[0]);
-    return absl::InternalError(absl::StrCat("cannot start run-local: ", std::strerror(rc)));
+    return absl::InternalError(absl::StrCat("cannot start ", launcher, ": ", std::strerror(rc)));
   }
   c->stdout_fd_ = pipe_fds[0];
   const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -69,7 +70,7 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::str
     if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
     char chunk[4096];
     const ssize_t n = ::read(c->stdout_fd_, chunk, sizeof chunk);
-    if (n <= 0) return absl::UnavailableError("run-local exited during start-up; output: " + buffer);
+    if (n <= 0) return absl::UnavailableError(launcher + " exited during start-up; output: " + buffer);
     buffer.append(chunk, static_cast<size_t>(n));
     for (absl::string_view line : absl::StrSplit(buffer, '\n')) {
       if (absl::ConsumePrefix(&line, "listening on ")) c->address_ = std::string(line);

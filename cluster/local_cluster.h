@@ -1,5 +1,6 @@
-// A real local cluster (cluster/run-local: coordinator + N worker processes on loopback),
-// started in its own session and torn down with SIGTERM, every wait bounded by a deadline.
+// A real local cluster started by one of the launch scripts (cluster/run-local: coordinator + N
+// worker processes on loopback; cluster/run-mpi: the same under mpirun with an MPI data plane), in
+// its own session and torn down with SIGTERM, every wait bounded by a deadline.
 #ifndef MOE_CLUSTER_LOCAL_CLUSTER_H_
 #define MOE_CLUSTER_LOCAL_CLUSTER_H_
 
@@ -13,11 +14,12 @@ namespace moe {
 
 class LocalCluster {
  public:
-  // Starts run-local and waits (up to `timeout`) for "listening on ADDR" and the metrics line.
+  // Starts cluster/<launcher> and waits (up to `timeout`) for "listening on ADDR" and the metrics line.
   static absl::StatusOr<std::unique_ptr<LocalCluster>> Start(const std::string& model_dir, int workers,
                                                              const std::vector<std::string>& coordinator_flags = {},
                                                              std::chrono::seconds timeout = std::chrono::seconds(120),
-                                                             const std::vector<std::string>& run_local_flags = {});
+                                                             const std::vector<std::string>& launcher_flags = {},
+                                                             const std::string& launcher = "run-local");
   ~LocalCluster();
 
   const std::string& address() const { return address_; }

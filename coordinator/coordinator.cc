@@ -102,6 +102,19 @@ grpc::Status Coordinator::Register(grpc::ServerContext*, const v1::RegisterReque
   for (size_t i = 0; i < workers_.size(); ++i) {
     if (workers_[i].address == request->address()) slot = static_cast<int>(i);  // retried, or back after a failure
   }
+  if (request->has_requested_slot()) {
+    const int wanted = request->requested_slot();
+    if (wanted < 0 || wanted >= options_.num_workers) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("requested worker id ", wanted, " is outside [0, ", options_.num_workers, ")"));
+    }
+    if (wanted < static_cast<int>(workers_.size()) && workers_[wanted].alive && slot != wanted) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          absl::StrCat("worker id ", wanted, " is taken by ", workers_[wanted].address));
+    }
+    slot = wanted;
+    if (slot >= static_cast<int>(workers_.size())) workers_.resize(static_cast<size_t>(slot + 1));
+  }
   if (slot >= 0 && workers_[slot].alive) {
     response->set_worker_id(slot);
     workers_[slot].last_heartbeat = Clock::now();
@@ -155,12 +168,13 @@ absl::Status Coordinator::WaitUntilReady(std::chrono::milliseconds timeout) {
     absl::MutexLock lock(&mutex_);
     struct AllRegistered {
       const Coordinator* c;
-      bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        return c->stopping_ || static_cast<int>(c->workers_.size()) == c->options_.num_workers;
+      int Alive() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return static_cast<int>(std::count_if(c->workers_.begin(), c->workers_.end(), [](const WorkerInfo& w) { return w.alive; }));
       }
+      bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->stopping_ || Alive() == c->options_.num_workers; }
     } all{this};
     if (!mutex_.AwaitWithTimeout(absl::Condition(&all, &AllRegistered::Ready), absl::FromChrono(timeout))) {
-      return absl::DeadlineExceededError(absl::StrCat(workers_.size(), " of ", options_.num_workers,
+      return absl::DeadlineExceededError(absl::StrCat(all.Alive(), " of ", options_.num_workers,
                                                       " workers registered within ", timeout.count(), " ms"));
     }
     if (stopping_) return absl::CancelledError("shutting down");
@@ -217,9 +231,12 @@ absl::Status Coordinator::Reconfigure() {
       if (status[rank].ok()) continue;
       all_loaded = false;
       const int slot = slots[rank];
-      // An invalid map is the coordinator's bug, not the worker's: report it rather than loop.
-      if (status[rank].error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
-        return FromGrpcStatus(status[rank], absl::StrCat("worker ", slot, " LoadShard"));
+      // A map the worker cannot take (invalid, or a data plane with fixed membership such as MPI after
+      // a rank died) is not the worker's death: report it rather than loop.
+      if (status[rank].error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+          status[rank].error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+        return absl::UnavailableError(absl::StrCat("cannot place the experts on the live workers: worker ", slot,
+                                                   " refused the shard map: ", status[rank].error_message()));
       }
       if (workers_[slot].stub == stubs[rank]) MarkDead(slot, absl::StrCat("LoadShard failed: ", status[rank].error_message()));
     }
@@ -276,6 +293,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Coordinator::Submit(GenerationSpe
   }
   absl::MutexLock lock(&mutex_);
   if (!ready_ || stopping_) return absl::UnavailableError("the cluster is not serving (starting or stopping)");
+  if (!membership_lost_.ok()) return membership_lost_;
   if (rank_slot_.empty()) return absl::UnavailableError("no live worker (waiting for workers to register)");
   if (static_cast<int>(queue_.size()) >= options_.max_queued) {
     metrics_->requests_rejected++;
@@ -335,6 +353,21 @@ void Coordinator::EngineLoop() {
         }
       }
       reconfigure = membership_changed_;
+      if (reconfigure && options_.fixed_membership) {
+        for (size_t w = 0; w < workers_.size() && membership_lost_.ok(); ++w) {
+          if (!workers_[w].alive) {
+            membership_lost_ = absl::UnavailableError(absl::StrCat(
+                "worker ", w, " (", workers_[w].address, ") died, and this cluster's data plane (MPI) has fixed "
+                "membership: restart the job"));
+          }
+        }
+        if (!membership_lost_.ok()) {
+          FailAll(membership_lost_);
+          for (auto& r : release_) r.clear();
+          membership_changed_ = false;
+          continue;
+        }
+      }
     }
     if (reconfigure) {
       absl::Status s = Reconfigure();

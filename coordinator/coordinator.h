@@ -41,6 +41,9 @@ struct CoordinatorOptions {
   std::chrono::milliseconds heartbeat_timeout{1500};
   std::chrono::milliseconds step_timeout{60000};
   int max_resumes = 3;  // a request resumed more often than this fails (a step that fails every time)
+  // The workers' data plane cannot change members (MPI): a dead worker ends the service, and every
+  // open and later request gets UNAVAILABLE at once instead of waiting for a re-placement.
+  bool fixed_membership = false;
   PlacementOptions placement;
   std::vector<std::vector<double>> expert_load;  // measured load for placement; empty = uniform
 };
@@ -156,6 +159,7 @@ class Coordinator final : public v1::Coordinator::Service {
   std::vector<int> rank_slot_ ABSL_GUARDED_BY(mutex_);  // the shard map's rank -> registration slot
   bool ready_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  absl::Status membership_lost_ ABSL_GUARDED_BY(mutex_);  // fixed_membership only: why the cluster cannot serve
   std::deque<Sequence> queue_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_sequence_id_ ABSL_GUARDED_BY(mutex_) = 1;
 

@@ -81,14 +81,23 @@ v1::GenerateRequest Request(const std::vector<int32_t>& prompt, int max_tokens) 
   return r;
 }
 
-class ClusterTest : public ::testing::TestWithParam<int> {};
+// How the cluster is launched, and its data plane.
+struct Launch {
+  std::string launcher;             // cluster/<launcher>
+  std::vector<std::string> flags;   // for the launcher
+  int workers;
+  std::string name;
+};
+
+class ClusterTest : public ::testing::TestWithParam<Launch> {};
 
 TEST_P(ClusterTest, GreedyOutputEqualsTheSingleProcessEngine) {
-  const int workers = GetParam();
+  const int workers = GetParam().workers;
   std::vector<std::vector<int32_t>> prompts;
   for (int i = 0; i < 10; ++i) prompts.push_back(Prompt(i));
   const auto expected = EngineGreedy(prompts, 12);
-  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), workers));
+  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), workers, {}, std::chrono::seconds(120),
+                                                             GetParam().flags, GetParam().launcher));
   auto stub = Client(*cluster);
   std::vector<v1::GenerateResponse> responses(prompts.size());
   std::vector<grpc::Status> status(prompts.size());
@@ -115,7 +124,16 @@ TEST_P(ClusterTest, GreedyOutputEqualsTheSingleProcessEngine) {
   EXPECT_THAT(cluster->Stop(), IsOk());
 }
 
-INSTANTIATE_TEST_SUITE_P(Workers, ClusterTest, ::testing::Values(1, 2, 4));
+// run-local: separate processes, gRPC data plane. run-mpi: one mpirun job (role from the rank), with the
+// MPI_Alltoallv data plane, or gRPC inside the MPI job.
+INSTANTIATE_TEST_SUITE_P(
+    Launchers, ClusterTest,
+    ::testing::Values(Launch{"run-local", {}, 1, "local_1_worker"}, Launch{"run-local", {}, 2, "local_2_workers"},
+                      Launch{"run-local", {}, 4, "local_4_workers"},
+                      Launch{"run-mpi", {"--exchange", "mpi"}, 2, "mpirun_2_workers_mpi_exchange"},
+                      Launch{"run-mpi", {"--exchange", "mpi"}, 3, "mpirun_3_workers_mpi_exchange"},
+                      Launch{"run-mpi", {"--exchange", "grpc"}, 2, "mpirun_2_workers_grpc_exchange"}),
+    [](const ::testing::TestParamInfo<Launch>& info) { return info.param.name; });
 
 TEST(ClusterSystemTest, SixtyFourConcurrentStreamsAllCompleteUnmixed) {
   constexpr int kClients = 64;
@@ -259,6 +277,48 @@ TEST(ClusterFaultTest, KillNineOfAWorkerWhileTwentyRequestsStreamLosesNothingAnd
   }
   MOE_ASSERT_OK_AND_ASSIGN(double after, ScrapeMetric(*cluster, dead_tokens));
   EXPECT_GT(after, before) << "the returning worker was not given sequences";
+  EXPECT_THAT(cluster->Stop(), IsOk());
+}
+
+// Under mpirun membership is fixed: a dead rank ends the job, and every client gets an error within
+// seconds instead of hanging.
+TEST(ClusterFaultTest, UnderMpirunADeadRankGivesEveryClientAnErrorWithinSeconds) {
+  constexpr int kClients = 6;
+  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), 2, {}, std::chrono::seconds(120), {}, "run-mpi"));
+  ASSERT_EQ(cluster->worker_pids().size(), 2u);
+  auto stub = Client(*cluster);
+  absl::Mutex mutex;
+  int tokens_received = 0;
+  std::vector<grpc::Status> status(kClients);
+  std::vector<std::chrono::steady_clock::time_point> ended(kClients);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(DeadlineAfter(kCallDeadline));
+      auto reader = stub->Generate(&ctx, Request(Prompt(i), 400));
+      v1::GenerateResponse r;
+      while (reader->Read(&r)) {
+        absl::MutexLock lock(&mutex);
+        tokens_received += r.token_ids_size();
+      }
+      status[i] = reader->Finish();
+      ended[i] = std::chrono::steady_clock::now();
+    });
+  }
+  {
+    absl::MutexLock lock(&mutex);
+    mutex.AwaitWithTimeout(absl::Condition(+[](int* n) { return *n >= 3 * kClients; }, &tokens_received), absl::Seconds(120));
+  }
+  const auto killed_at = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(cluster->worker_pids()[0], SIGKILL), 0);
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    EXPECT_EQ(status[i].error_code(), grpc::StatusCode::UNAVAILABLE) << i << ": " << status[i].error_message();
+    EXPECT_LT(ended[i] - killed_at, std::chrono::seconds(15)) << "client " << i << " waited too long for its error";
+    std::cerr << "client " << i << ": " << status[i].error_message() << " after "
+              << std::chrono::duration_cast<std::chrono::milliseconds>(ended[i] - killed_at).count() << " ms\n";
+  }
   EXPECT_THAT(cluster->Stop(), IsOk());
 }
 

@@ -87,8 +87,15 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
   for (const LayerWeights& l : (*weights)->layers) {
     for (const FfnWeights& e : l.moe.experts) expert_bytes += e.size_bytes();
   }
-  shard->exchange = std::make_shared<GrpcExchange>(me, shard->map.epoch, shard->map.worker_addresses,
-                                                   options_.exchange_timeout);
+  std::shared_ptr<GrpcExchange> grpc_exchange;
+  if (options_.make_exchange) {
+    auto exchange = options_.make_exchange(me, shard->map);
+    if (!exchange.ok()) return ToGrpcStatus(exchange.status());
+    shard->exchange = std::move(*exchange);
+  } else {
+    grpc_exchange = std::make_shared<GrpcExchange>(me, shard->map.epoch, shard->map.worker_addresses, options_.exchange_timeout);
+    shard->exchange = grpc_exchange;
+  }
   shard->dispatcher = std::make_unique<DistributedExpertDispatcher>(weights->get(), &shard->map, shard->exchange.get(),
                                                                     pool_.get());
   shard->model = std::make_unique<Model>(std::move(*weights), pool_.get(), shard->dispatcher.get());
@@ -96,7 +103,7 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
   sequences_.clear();
   {
     absl::MutexLock exchange_lock(&exchange_mutex_);
-    exchange_ = shard->exchange;
+    exchange_ = grpc_exchange;
   }
   std::swap(shard_, shard);
   response->set_expert_bytes(static_cast<int64_t>(expert_bytes));
@@ -176,7 +183,9 @@ grpc::Status WorkerService::Exchange(grpc::ServerContext*, const v1::ExchangeMes
     absl::MutexLock lock(&exchange_mutex_);
     exchange = exchange_;
   }
-  if (exchange == nullptr) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard loaded");
+  if (exchange == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard with a gRPC data plane is loaded here");
+  }
   return exchange->Deliver(*request);
 }
 

@@ -4,6 +4,7 @@
 #define MOE_WORKER_WORKER_SERVICE_H_
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -25,10 +26,15 @@ void ShardMapToProto(const ShardMap& m, v1::ShardMapProto* p);
 
 class WorkerService final : public v1::Worker::Service {
  public:
+  // Builds the data plane for one shard map, given this worker's rank in it. Unset: gRPC among the
+  // map's worker addresses (membership may change freely). An MPI data plane has fixed membership and
+  // refuses (FAILED_PRECONDITION) a map that does not match its communicator.
+  using ExchangeFactory = std::function<absl::StatusOr<std::shared_ptr<moe::Exchange>>(int rank, const ShardMap& map)>;
   struct Options {
     std::string model_dir;
     int threads = 0;
     std::chrono::milliseconds exchange_timeout{10000};
+    ExchangeFactory make_exchange;
   };
   explicit WorkerService(Options options);
 
@@ -45,7 +51,7 @@ class WorkerService final : public v1::Worker::Service {
   struct Shard {
     int worker_id = 0;
     ShardMap map;
-    std::shared_ptr<GrpcExchange> exchange;
+    std::shared_ptr<moe::Exchange> exchange;
     std::unique_ptr<DistributedExpertDispatcher> dispatcher;
     std::unique_ptr<Model> model;
   };
@@ -56,7 +62,8 @@ class WorkerService final : public v1::Worker::Service {
   absl::Mutex step_mutex_;  // one Step or LoadShard at a time
   std::unique_ptr<Shard> shard_ ABSL_GUARDED_BY(step_mutex_);
   std::map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(step_mutex_);
-  // Read by Exchange handlers, which never take step_mutex_ (a Step blocks inside the all-to-all).
+  // The gRPC data plane, if that is the backend. Read by Exchange handlers, which never take
+  // step_mutex_ (a Step blocks inside the all-to-all).
   absl::Mutex exchange_mutex_;
   std::shared_ptr<GrpcExchange> exchange_ ABSL_GUARDED_BY(exchange_mutex_);
 };
