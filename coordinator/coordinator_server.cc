@@ -97,7 +97,7 @@ int RunCoordinator(const CoordinatorServerOptions& server_options, const std::at
     if (!p.ok()) return Fail(p.status().ToString());
     metrics_port = *p;
   }
-  const std::string address = absl::StrCat(host, ":", port);
+  const std::string address = absl::StrCat(DialableHost(host), ":", port);
   std::cout << "control plane on " << address << std::endl;
   if (on_control_plane) on_control_plane(address);
   // Wait in slices so a signal during start-up is honoured.
@@ -114,7 +114,7 @@ int RunCoordinator(const CoordinatorServerOptions& server_options, const std::at
   }
   server->GetHealthCheckService()->SetServingStatus(true);
   std::cout << "listening on " << address << std::endl;
-  if (metrics_port >= 0) std::cout << "metrics on http://" << host << ":" << metrics_port << "/metrics" << std::endl;
+  if (metrics_port >= 0) std::cout << "metrics on http://" << DialableHost(host) << ":" << metrics_port << "/metrics" << std::endl;
   while (!stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // signal poll, not a sync
   LogLine("stopping");
   server->GetHealthCheckService()->SetServingStatus(false);

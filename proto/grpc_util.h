@@ -2,6 +2,8 @@
 #ifndef MOE_PROTO_GRPC_UTIL_H_
 #define MOE_PROTO_GRPC_UTIL_H_
 
+#include <unistd.h>
+
 #include <chrono>
 #include <string>
 
@@ -28,6 +30,15 @@ inline bool IsRetryable(const absl::Status& s) {
 
 inline std::chrono::system_clock::time_point DeadlineAfter(std::chrono::milliseconds ms) {
   return std::chrono::system_clock::now() + ms;
+}
+
+// The host others should dial to reach a server bound to `bound_host`: the same host, except that a
+// wildcard bind (every interface) is reached through this machine's name.
+inline std::string DialableHost(const std::string& bound_host) {
+  if (bound_host != "0.0.0.0" && bound_host != "[::]" && bound_host != "::") return bound_host;
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0) return "127.0.0.1";
+  return name;
 }
 
 }  // namespace moe

@@ -11,6 +11,7 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libopenmpi-dev openmpi-bin
+  slurmctld slurmd slurm-client munge
   python3 python3-torch python3-numpy python3-sentencepiece
 )
 missing=()

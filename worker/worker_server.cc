@@ -11,7 +11,8 @@
 ABSL_FLAG(std::string, coordinator, "", "coordinator control-plane address");
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(std::string, listen, "127.0.0.1:0", "worker address to serve on (port 0 picks one)");
-ABSL_FLAG(std::string, advertise_host, "127.0.0.1", "host peers use to reach this worker");
+ABSL_FLAG(std::string, advertise_host, "", "host peers use to reach this worker (empty: the --listen host, or "
+          "this machine's name when listening on every interface)");
 ABSL_FLAG(int32_t, threads, 1, "compute threads per worker");
 ABSL_FLAG(int32_t, heartbeat_ms, 300, "heartbeat period");
 ABSL_FLAG(int32_t, orphan_timeout_ms, 5000, "a worker exits when the coordinator is unreachable this long");
@@ -48,7 +49,9 @@ int RunWorker(const WorkerServerOptions& options, const std::atomic<bool>& stop)
     LogLine(absl::StrCat("cannot listen on ", options.listen));
     return 1;
   }
-  const std::string address = absl::StrCat(options.advertise_host, ":", port);
+  std::string advertise = options.advertise_host;
+  if (advertise.empty()) advertise = DialableHost(options.listen.substr(0, options.listen.rfind(':')));
+  const std::string address = absl::StrCat(advertise, ":", port);
 
   auto stub = v1::Coordinator::NewStub(grpc::CreateChannel(options.coordinator, grpc::InsecureChannelCredentials()));
   auto last_contact = std::chrono::steady_clock::now();

@@ -16,7 +16,7 @@ struct WorkerServerOptions {
   std::string coordinator;  // the coordinator's control plane, HOST:PORT
   std::string model_dir;
   std::string listen = "127.0.0.1:0";        // port 0 picks one
-  std::string advertise_host = "127.0.0.1";  // what peers and the coordinator dial
+  std::string advertise_host;  // what peers and the coordinator dial; empty: DialableHost(listen host)
   int threads = 1;
   std::chrono::milliseconds heartbeat_period{300};
   std::chrono::milliseconds orphan_timeout{5000};
