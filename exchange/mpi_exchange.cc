@@ -1,6 +1,7 @@
 #include "exchange/mpi_exchange.h"
 
 #include <climits>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -49,15 +50,14 @@ absl::StatusOr<std::vector<std::string>> MpiExchange::AllToAll(uint64_t tag, std
   if (send_total > INT_MAX || recv_total > INT_MAX) {
     return absl::InvalidArgumentError("AllToAll: more than 2 GiB in one collective");
   }
-  std::string send_buf;
-  send_buf.reserve(send_total);
-  for (const std::string& s : send) send_buf += s;
-  std::string recv_buf(recv_total, '\0');
-  MOE_RETURN_IF_ERROR(MpiStatus(MPI_Alltoallv(send_buf.data(), send_counts.data(), send_displs.data(), MPI_BYTE,
-                                              recv_buf.data(), recv_counts.data(), recv_displs.data(), MPI_BYTE, comm_),
+  if (send_buf_.size() < send_total) send_buf_.resize(send_total);
+  if (recv_buf_.size() < recv_total) recv_buf_.resize(recv_total);
+  for (int i = 0; i < size_; ++i) std::memcpy(send_buf_.data() + send_displs[i], send[i].data(), send[i].size());
+  MOE_RETURN_IF_ERROR(MpiStatus(MPI_Alltoallv(send_buf_.data(), send_counts.data(), send_displs.data(), MPI_BYTE,
+                                              recv_buf_.data(), recv_counts.data(), recv_displs.data(), MPI_BYTE, comm_),
                                 "MPI_Alltoallv"));
   std::vector<std::string> recv(static_cast<size_t>(size_));
-  for (int i = 0; i < size_; ++i) recv[i] = recv_buf.substr(static_cast<size_t>(recv_displs[i]), static_cast<size_t>(recv_counts[i]));
+  for (int i = 0; i < size_; ++i) recv[i].assign(recv_buf_.data() + recv_displs[i], static_cast<size_t>(recv_counts[i]));
   return recv;
 }
 

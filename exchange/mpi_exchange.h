@@ -4,6 +4,8 @@
 
 #include <mpi.h>
 
+#include <vector>
+
 #include "exchange/exchange.h"
 
 namespace moe {
@@ -23,6 +25,9 @@ class MpiExchange : public Exchange {
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;
+  // Staging buffers, kept across collectives: fresh multi-megabyte buffers each time cost page faults
+  // and defeat MPI's registration caches.
+  std::vector<char> send_buf_, recv_buf_;
 };
 
 // The one place MPI return codes become absl::Status (INTERNAL with MPI's error string).
