@@ -1,0 +1,167 @@
+// The simulator core against cases computed by hand.
+#include <vector>
+
+#include "common/status_matchers.h"
+#include "gtest/gtest.h"
+#include "simulation/network.h"
+#include "simulation/simulator.h"
+#include "simulation/topology.h"
+
+namespace moe::sim {
+namespace {
+
+using ::moe::testing::IsOk;
+using ::moe::testing::StatusIs;
+
+constexpr double kGBs = 1e9;  // bytes per second
+
+TEST(SimulatorTest, EventsRunInTimeThenSchedulingOrder) {
+  Simulator sim;
+  std::vector<int> order;
+  sim.At(20, [&] { order.push_back(3); });
+  sim.At(10, [&] { order.push_back(1); });
+  sim.At(10, [&] { order.push_back(2); });
+  sim.At(10, [&] {
+    sim.After(0, [&] { order.push_back(5); });  // same time, scheduled later: runs after the others
+    order.push_back(4);
+  });
+  EXPECT_EQ(sim.Run(), 5u);
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 4, 5, 3}));
+  EXPECT_EQ(sim.now(), 20);
+}
+
+TEST(SimulatorTest, RunStopsAtTheHorizonAndResumes) {
+  Simulator sim;
+  int ran = 0;
+  for (Nanos t : {5, 15, 25}) sim.At(t, [&] { ++ran; });
+  EXPECT_EQ(sim.Run(15), 2u);
+  EXPECT_EQ(ran, 2);
+  EXPECT_EQ(sim.Run(), 1u);
+}
+
+TEST(SimulatorTest, RandomStreamsAreReproducibleAndIndependent) {
+  Simulator a(7), b(7), c(8);
+  RandomStream a0 = a.Stream(0), b0 = b.Stream(0), a1 = a.Stream(1), c0 = c.Stream(0);
+  int same_stream_other_id = 0, same_id_other_seed = 0;
+  for (int i = 0; i < 100; ++i) {
+    const uint64_t x = a0.NextU64();
+    ASSERT_EQ(x, b0.NextU64());
+    same_stream_other_id += x == a1.NextU64();
+    same_id_other_seed += x == c0.NextU64();
+  }
+  EXPECT_EQ(same_stream_other_id, 0);
+  EXPECT_EQ(same_id_other_seed, 0);
+  double sum = 0;
+  for (int i = 0; i < 100000; ++i) sum += a0.NextExponential(3.0);
+  EXPECT_NEAR(sum / 100000, 3.0, 0.05);
+}
+
+TEST(NetworkTest, OneTransferTakesSizeOverBandwidthPlusLatency) {
+  Simulator sim;
+  Network net(&sim);
+  MOE_ASSERT_OK_AND_ASSIGN(int link, (net.AddLink({"l", 1 * kGBs, 1000})));
+  Nanos arrived = -1;
+  ASSERT_THAT(net.StartFlow({link}, 1e6, [&] { arrived = sim.now(); }), IsOk());
+  sim.Run();
+  EXPECT_EQ(arrived, 1'000'000 + 1000);  // 1 MB at 1 GB/s = 1 ms, plus 1 us
+  EXPECT_DOUBLE_EQ(net.carried_bytes(link), 1e6);
+}
+
+TEST(NetworkTest, TwoFlowsShareALinkEquallyUntilOneEnds) {
+  Simulator sim;
+  Network net(&sim);
+  MOE_ASSERT_OK_AND_ASSIGN(int link, (net.AddLink({"l", 1 * kGBs, 0})));
+  Nanos small = -1, large = -1;
+  ASSERT_THAT(net.StartFlow({link}, 1e6, [&] { small = sim.now(); }), IsOk());
+  ASSERT_THAT(net.StartFlow({link}, 2e6, [&] { large = sim.now(); }), IsOk());
+  sim.Run();
+  // Both at 0.5 GB/s: the 1 MB flow ends at 2 ms; the other has 1 MB left, alone at 1 GB/s: 3 ms.
+  EXPECT_EQ(small, 2'000'000);
+  EXPECT_EQ(large, 3'000'000);
+}
+
+TEST(NetworkTest, MaxMinFairnessGivesABottleneckedFlowsLeftoverToTheOthers) {
+  Simulator sim;
+  Network net(&sim);
+  MOE_ASSERT_OK_AND_ASSIGN(int shared, (net.AddLink({"shared", 1 * kGBs, 0})));
+  MOE_ASSERT_OK_AND_ASSIGN(int thin, (net.AddLink({"thin", 0.25 * kGBs, 0})));
+  Nanos a = -1, b = -1;
+  // B is held to 0.25 GB/s by the thin link, so A gets the remaining 0.75 GB/s of the shared one.
+  ASSERT_THAT(net.StartFlow({shared}, 0.75e6, [&] { a = sim.now(); }), IsOk());
+  ASSERT_THAT(net.StartFlow({shared, thin}, 0.25e6, [&] { b = sim.now(); }), IsOk());
+  sim.Run();
+  EXPECT_EQ(a, 1'000'000);
+  EXPECT_EQ(b, 1'000'000);
+}
+
+TEST(NetworkTest, BadLinksAndFlowsAreRefusedNamingTheField) {
+  Simulator sim;
+  Network net(&sim);
+  EXPECT_THAT(net.AddLink({"nic0", 0, 0}), StatusIs(absl::StatusCode::kInvalidArgument, "link 'nic0': bandwidth"));
+  EXPECT_THAT(net.AddLink({"nic1", 1e9, -5}), StatusIs(absl::StatusCode::kInvalidArgument, "link 'nic1': latency"));
+  EXPECT_THAT(net.StartFlow({3}, 10, [] {}), StatusIs(absl::StatusCode::kInvalidArgument, "no link 3"));
+  Topology topo(&net);
+  const int a = topo.AddNode("a");
+  EXPECT_THAT(topo.Connect(a, 7, {"to-nowhere", 1e9, 0}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "link 'to-nowhere' connects a node that does not exist"));
+  const int b = topo.AddNode("b");
+  EXPECT_THAT(topo.Route(a, b), StatusIs(absl::StatusCode::kNotFound, "no route from a to b"));
+}
+
+TEST(AllToAllTest, DirectAllToAllOnAUnidirectionalRingByHand) {
+  // 4 nodes, links i -> i+1 (mod 4) at 1 GB/s. Each node sends 1 MB to each other node along the ring:
+  // a link carries 1 + 2 + 3 = 6 flows (those going 1, 2 and 3 hops), all links alike, so every flow
+  // gets 1/6 GB/s throughout and all 12 end together at 6 MB / 1 GB/s = 6 ms.
+  Simulator sim;
+  Network net(&sim);
+  Topology ring(&net);
+  for (int i = 0; i < 4; ++i) ring.AddNode("n" + std::to_string(i));
+  for (int i = 0; i < 4; ++i) ASSERT_THAT(ring.Connect(i, (i + 1) % 4, {"ring", 1 * kGBs, 0}), IsOk());
+  MOE_ASSERT_OK_AND_ASSIGN(std::vector<int> route, ring.Route(3, 2));
+  EXPECT_EQ(route.size(), 3u);
+  std::vector<std::vector<double>> bytes(4, std::vector<double>(4, 1e6));
+  Nanos finished = -1;
+  ASSERT_THAT(DirectAllToAll(ring, net, bytes, [&] { finished = sim.now(); }), IsOk());
+  sim.Run();
+  EXPECT_EQ(finished, 6'000'000);
+  for (int l = 0; l < 4; ++l) EXPECT_DOUBLE_EQ(net.carried_bytes(l), 6e6);
+}
+
+TEST(AllToAllTest, SkewedTrafficFinishesWithTheBusiestLink) {
+  // Two nodes joined both ways at 1 GB/s; 3 MB one way and 1 MB back: the links are independent.
+  Simulator sim;
+  Network net(&sim);
+  Topology pair(&net);
+  pair.AddNode("a");
+  pair.AddNode("b");
+  ASSERT_THAT(pair.Connect(0, 1, {"ab", 1 * kGBs, 2000}), IsOk());
+  ASSERT_THAT(pair.Connect(1, 0, {"ba", 1 * kGBs, 2000}), IsOk());
+  Nanos finished = -1;
+  ASSERT_THAT(DirectAllToAll(pair, net, {{0, 3e6}, {1e6, 0}}, [&] { finished = sim.now(); }), IsOk());
+  sim.Run();
+  EXPECT_EQ(finished, 3'000'000 + 2000);
+}
+
+TEST(AllToAllTest, TheSameInputsGiveTheSameEventsBitForBit) {
+  auto run = [] {
+    Simulator sim(3);
+    Network net(&sim);
+    Topology ring(&net);
+    for (int i = 0; i < 5; ++i) ring.AddNode("n" + std::to_string(i));
+    for (int i = 0; i < 5; ++i) EXPECT_THAT(ring.Connect(i, (i + 1) % 5, {"r", 1.3 * kGBs, 700}), IsOk());
+    RandomStream r = sim.Stream(0);
+    std::vector<std::vector<double>> bytes(5, std::vector<double>(5));
+    for (auto& row : bytes) {
+      for (double& b : row) b = std::floor(r.NextUniform() * 1e6);
+    }
+    std::vector<Nanos> trace;
+    EXPECT_THAT(DirectAllToAll(ring, net, bytes, [&] { trace.push_back(sim.now()); }), IsOk());
+    sim.Run();
+    trace.push_back(static_cast<Nanos>(sim.events_run()));
+    return trace;
+  };
+  EXPECT_EQ(run(), run());
+}
+
+}  // namespace
+}  // namespace moe::sim
