@@ -91,6 +91,17 @@ struct Launch {
 
 class ClusterTest : public ::testing::TestWithParam<Launch> {};
 
+// Streams one Generate call to its end (bounded by kCallDeadline), handing each chunk to `on_chunk`.
+grpc::Status StreamGenerate(v1::Inference::Stub& stub, const v1::GenerateRequest& request,
+                            const std::function<void(const v1::GenerateResponse&)>& on_chunk) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineAfter(kCallDeadline));
+  auto reader = stub.Generate(&ctx, request);
+  v1::GenerateResponse r;
+  while (reader->Read(&r)) on_chunk(r);
+  return reader->Finish();
+}
+
 TEST_P(ClusterTest, GreedyOutputEqualsTheSingleProcessEngine) {
   const int workers = GetParam().workers;
   std::vector<std::vector<int32_t>> prompts;
@@ -148,15 +159,10 @@ TEST(ClusterSystemTest, SixtyFourConcurrentStreamsAllCompleteUnmixed) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kClients; ++i) {
     threads.emplace_back([&, i] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(DeadlineAfter(kCallDeadline));
-      auto reader = stub->Generate(&ctx, Request(prompts[i], 10));
-      v1::GenerateResponse r;
-      while (reader->Read(&r)) {
+      status[i] = StreamGenerate(*stub, Request(prompts[i], 10), [&](const v1::GenerateResponse& r) {
         got[i].insert(got[i].end(), r.token_ids().begin(), r.token_ids().end());
         if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) finish[i] = r.finish_reason();
-      }
-      status[i] = reader->Finish();
+      });
     });
   }
   for (auto& t : threads) t.join();
@@ -215,16 +221,11 @@ TEST(ClusterFaultTest, KillNineOfAWorkerWhileTwentyRequestsStreamLosesNothingAnd
   std::vector<std::thread> threads;
   for (int i = 0; i < kClients; ++i) {
     threads.emplace_back([&, i] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(DeadlineAfter(kCallDeadline));
-      auto reader = stub->Generate(&ctx, Request(prompts[i], kTokens));
-      v1::GenerateResponse r;
-      while (reader->Read(&r)) {
+      status[i] = StreamGenerate(*stub, Request(prompts[i], kTokens), [&](const v1::GenerateResponse& r) {
         absl::MutexLock lock(&mutex);
         got[i].insert(got[i].end(), r.token_ids().begin(), r.token_ids().end());
         tokens_received += r.token_ids_size();
-      }
-      status[i] = reader->Finish();
+      });
     });
   }
   {
@@ -294,15 +295,10 @@ TEST(ClusterFaultTest, UnderMpirunADeadRankGivesEveryClientAnErrorWithinSeconds)
   std::vector<std::thread> threads;
   for (int i = 0; i < kClients; ++i) {
     threads.emplace_back([&, i] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(DeadlineAfter(kCallDeadline));
-      auto reader = stub->Generate(&ctx, Request(Prompt(i), 400));
-      v1::GenerateResponse r;
-      while (reader->Read(&r)) {
+      status[i] = StreamGenerate(*stub, Request(Prompt(i), 400), [&](const v1::GenerateResponse& r) {
         absl::MutexLock lock(&mutex);
         tokens_received += r.token_ids_size();
-      }
-      status[i] = reader->Finish();
+      });
       ended[i] = std::chrono::steady_clock::now();
     });
   }
