@@ -101,5 +101,20 @@ TEST(GrpcExchangeTest, RefusesMessagesFromAnotherEpochOrANonMember) {
   EXPECT_EQ(group.grpc_member(0)->Deliver(m).error_code(), grpc::StatusCode::ALREADY_EXISTS);
 }
 
+TEST(GrpcExchangeTest, AbortEndsACollectiveWaitingForADeadPeerAtOnce) {
+  // Member 1 never enters (it "died"); member 0 would wait a minute for it. A new shard map aborts
+  // member 0's exchange: the collective returns the abort status well before its deadline.
+  GrpcGroup group(2, std::chrono::seconds(60));
+  absl::Status result;
+  const auto start = std::chrono::steady_clock::now();
+  std::thread waiter([&] { result = group.grpc_member(0)->AllToAll(3, {"a", "b"}).status(); });
+  group.grpc_member(0)->Abort(absl::AbortedError("superseded by shard map epoch 8"));
+  waiter.join();
+  EXPECT_THAT(result, StatusIs(absl::StatusCode::kAborted, "epoch 8"));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+  // And for good: a later collective fails the same way instead of waiting.
+  EXPECT_THAT(group.grpc_member(0)->AllToAll(4, {"a", "b"}), StatusIs(absl::StatusCode::kAborted, "epoch 8"));
+}
+
 }  // namespace
 }  // namespace moe
