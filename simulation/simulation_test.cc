@@ -1,4 +1,5 @@
 // The simulator core against cases computed by hand.
+#include <tuple>
 #include <vector>
 
 #include "common/status_matchers.h"
@@ -140,6 +141,30 @@ TEST(AllToAllTest, SkewedTrafficFinishesWithTheBusiestLink) {
   ASSERT_THAT(DirectAllToAll(pair, net, {{0, 3e6}, {1e6, 0}}, [&] { finished = sim.now(); }), IsOk());
   sim.Run();
   EXPECT_EQ(finished, 3'000'000 + 2000);
+}
+
+TEST(AllToAllTest, HierarchicalAllToAllOnTwoHostsOfTwoByHand) {
+  // Hosts 0 and 1 with two nodes each. Inside a host, nodes are joined both ways at 100 GB/s; across
+  // hosts only same-local-rank nodes are joined ("rails"), both ways at 10 GB/s. Every node sends 1 MB to
+  // every other node. Phase 1: each node sends 2 MB over its rail (both MB for the other host) in 200 us,
+  // while the 1 MB to its host-mate takes 10 us on the fast link. Phase 2: each relay forwards 1 MB to
+  // its host-mate, 10 us. Total 210 us.
+  Simulator sim;
+  Network net(&sim);
+  Topology topo(&net);
+  const std::vector<int> host = {0, 0, 1, 1}, local = {0, 1, 0, 1};
+  for (int i = 0; i < 4; ++i) topo.AddNode("gpu" + std::to_string(i));
+  for (auto [a, b, bw] : std::vector<std::tuple<int, int, double>>{{0, 1, 100}, {2, 3, 100}, {0, 2, 10}, {1, 3, 10}}) {
+    ASSERT_THAT(topo.Connect(a, b, {"l", bw * kGBs, 0}), IsOk());
+    ASSERT_THAT(topo.Connect(b, a, {"l", bw * kGBs, 0}), IsOk());
+  }
+  std::vector<std::vector<double>> bytes(4, std::vector<double>(4, 1e6));
+  Nanos finished = -1;
+  ASSERT_THAT(HierarchicalAllToAll(topo, net, bytes, host, local, [&] { finished = sim.now(); }), IsOk());
+  sim.Run();
+  EXPECT_EQ(finished, 210'000);
+  EXPECT_THAT(HierarchicalAllToAll(topo, net, bytes, {0, 0, 1, 1}, {0, 1, 0, 2}, [] {}),
+              StatusIs(absl::StatusCode::kNotFound, "host 1 has no local rank 1"));
 }
 
 TEST(AllToAllTest, TheSameInputsGiveTheSameEventsBitForBit) {

@@ -35,6 +35,16 @@ class Topology {
 absl::Status DirectAllToAll(Topology& topology, Network& network, const std::vector<std::vector<double>>& bytes,
                             std::function<void()> done);
 
+// Hierarchical all-to-all (DeepEP's internode scheme): node i sits on host host[i] with local rank
+// local[i]. Phase 1: traffic within a host goes directly; traffic to another host goes, aggregated per
+// destination host, to the node of the same local rank there (one transfer per rail). Phase 2, once
+// phase 1 has finished: that node forwards each piece to its final destination inside the host.
+// `done` runs when phase 2 has finished. INVALID_ARGUMENT for inconsistent shapes, NOT_FOUND when a
+// needed route (or a same-local-rank peer) does not exist.
+absl::Status HierarchicalAllToAll(Topology& topology, Network& network, const std::vector<std::vector<double>>& bytes,
+                                  const std::vector<int>& host, const std::vector<int>& local,
+                                  std::function<void()> done);
+
 }  // namespace moe::sim
 
 #endif  // MOE_SIMULATION_TOPOLOGY_H_
