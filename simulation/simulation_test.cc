@@ -7,6 +7,7 @@
 #include "simulation/network.h"
 #include "simulation/simulator.h"
 #include "simulation/topology.h"
+#include "simulation/topology_config.h"
 
 namespace moe::sim {
 namespace {
@@ -165,6 +166,43 @@ TEST(AllToAllTest, HierarchicalAllToAllOnTwoHostsOfTwoByHand) {
   EXPECT_EQ(finished, 210'000);
   EXPECT_THAT(HierarchicalAllToAll(topo, net, bytes, {0, 0, 1, 1}, {0, 1, 0, 2}, [] {}),
               StatusIs(absl::StatusCode::kNotFound, "host 1 has no local rank 1"));
+}
+
+TEST(TopologyConfigTest, BuildsTheRingFromJsonAndRunsTheSameAllToAll) {
+  Simulator sim;
+  Network net(&sim);
+  Topology ring(&net);
+  ASSERT_THAT(BuildTopologyFromJson(R"({"nodes": ["n0", "n1", "n2", "n3"], "links": [
+      {"from": "n0", "to": "n1", "bandwidth_gbps": 1, "bidirectional": false},
+      {"from": "n1", "to": "n2", "bandwidth_gbps": 1, "bidirectional": false},
+      {"from": "n2", "to": "n3", "bandwidth_gbps": 1, "bidirectional": false},
+      {"from": "n3", "to": "n0", "bandwidth_gbps": 1, "latency_ns": 0, "bidirectional": false}]})", &ring),
+              IsOk());
+  Nanos finished = -1;
+  ASSERT_THAT(DirectAllToAll(ring, net, std::vector<std::vector<double>>(4, std::vector<double>(4, 1e6)),
+                             [&] { finished = sim.now(); }),
+              IsOk());
+  sim.Run();
+  EXPECT_EQ(finished, 6'000'000);
+}
+
+TEST(TopologyConfigTest, BadConfigsNameTheField) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"{", "not valid JSON"},
+      {R"({"links": []})", "'nodes' must be a non-empty array"},
+      {R"({"nodes": ["a", "a"], "links": []})", "nodes[1]: duplicate node 'a'"},
+      {R"({"nodes": ["a", "b"], "links": [{"from": "a", "to": "c", "bandwidth_gbps": 1}]})", "links[0].to: no node 'c'"},
+      {R"({"nodes": ["a", "b"], "links": [{"from": "a", "to": "b", "bandwidth_gbps": 0}]})", "links[0].bandwidth_gbps must be"},
+      {R"({"nodes": ["a", "b"], "links": [{"from": "a", "to": "b", "bandwidth_gbps": 1, "latency_ns": -3}]})",
+       "links[0].latency_ns must be"},
+      {R"({"nodes": ["a"], "links": [{"to": "a", "bandwidth_gbps": 1}]})", "links[0].from must name a node"},
+  };
+  for (const auto& [json, message] : cases) {
+    Simulator sim;
+    Network net(&sim);
+    Topology topo(&net);
+    EXPECT_THAT(BuildTopologyFromJson(json, &topo), StatusIs(absl::StatusCode::kInvalidArgument, message)) << json;
+  }
 }
 
 TEST(AllToAllTest, TheSameInputsGiveTheSameEventsBitForBit) {
