@@ -3,7 +3,7 @@
 on the synthetic task suite, with a character-level SentencePiece tokenizer and a load-balancing
 auxiliary loss. CPU only (Debian's python3-torch; BF16 autocast, which runs through oneDNN), fixed seeds.
 
-  /usr/bin/python3 tools/train_tiny_moe.py [--tasks data/tasks] [--out models/tiny-moe] [--steps 3000]
+  /usr/bin/python3 tools/train_tiny_moe.py [--tasks data/tasks] [--out models/tiny-moe] [--steps 5500]
 
 Writes config.json, model.safetensors (BF16) and tokenizer.model in the Hugging Face layout.
 """
@@ -229,9 +229,9 @@ def main():
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     ap.add_argument("--tasks", default=os.path.join(root, "data", "tasks"))
     ap.add_argument("--out", default=os.path.join(root, "models", "tiny-moe"))
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=96)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--steps", type=int, default=5500)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--aux", type=float, default=0.02)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--task-weights", default="",
