@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_format.h"
 #include "bench/machine_limits.h"
+#include "common/memory.h"
 #include "exchange/grpc_exchange.h"
 #include "exchange/mpi_exchange.h"
 #include "proto/grpc_util.h"
@@ -39,6 +40,7 @@ double MedianSeconds(int iters, const std::function<void()>& collective) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::KeepLargeBuffersInTheHeap();
   MPI_Init(&argc, &argv);
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

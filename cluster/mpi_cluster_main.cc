@@ -19,6 +19,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
+#include "common/memory.h"
 #include "common/log.h"
 #include "coordinator/coordinator_server.h"
 #include "exchange/mpi_exchange.h"
@@ -41,6 +42,7 @@ std::string BroadcastString(std::string value) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::KeepLargeBuffersInTheHeap();
   int provided = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
   moe::ParseFlags(argc, argv);

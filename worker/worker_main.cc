@@ -4,6 +4,7 @@
 #include <csignal>
 
 #include "common/flags.h"
+#include "common/memory.h"
 #include "common/log.h"
 #include "worker/worker_server.h"
 
@@ -13,6 +14,7 @@ void OnSignal(int) { g_stop = true; }
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::KeepLargeBuffersInTheHeap();
   moe::ParseFlags(argc, argv);
   moe::LogProgramName() = "moe-worker";
   std::signal(SIGINT, OnSignal);
