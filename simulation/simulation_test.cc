@@ -5,6 +5,7 @@
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
 #include "simulation/network.h"
+#include "simulation/presets.h"
 #include "simulation/simulator.h"
 #include "simulation/topology.h"
 #include "simulation/topology_config.h"
@@ -203,6 +204,49 @@ TEST(TopologyConfigTest, BadConfigsNameTheField) {
     Topology topo(&net);
     EXPECT_THAT(BuildTopologyFromJson(json, &topo), StatusIs(absl::StatusCode::kInvalidArgument, message)) << json;
   }
+}
+
+TEST(PresetTest, SingleNodeAllToAllThroughTheNvSwitchByHand) {
+  // 8 GPUs, each joined to the NVSwitch at 150 GB/s and 1 us. Each sends 1 MB to the 7 others: every
+  // GPU's uplink and downlink carry 7 flows, so each flow runs at 150/7 GB/s: 7 MB / 150 GB/s = 46,667 ns
+  // (rounded up to whole ns), plus 2 us of latency (up and down).
+  Simulator sim;
+  Network net(&sim);
+  Topology topo(&net);
+  MOE_ASSERT_OK_AND_ASSIGN(Placement p, SingleNode(ClusterShape{}, &topo));
+  ASSERT_EQ(p.nodes.size(), 8u);
+  std::vector<std::vector<double>> bytes;
+  std::vector<int> host, local;
+  p.Expand(topo.num_nodes(), std::vector<std::vector<double>>(8, std::vector<double>(8, 1e6)), &bytes, &host, &local);
+  Nanos finished = -1;
+  ASSERT_THAT(DirectAllToAll(topo, net, bytes, [&] { finished = sim.now(); }), IsOk());
+  sim.Run();
+  EXPECT_EQ(finished, 46'667 + 2'000);
+}
+
+TEST(PresetTest, RailOptimizedRoutesSameRankTrafficOverItsRailAndFatTreeOverTheSpine) {
+  Simulator sim;
+  Network net(&sim);
+  Topology rails(&net);
+  ClusterShape shape;
+  shape.hosts = 4;
+  MOE_ASSERT_OK_AND_ASSIGN(Placement p, RailOptimized(shape, &rails));
+  ASSERT_EQ(p.nodes.size(), 32u);
+  // h0.g3 -> h2.g3: NIC up to rail 3 and down: 2 links, both NICs.
+  MOE_ASSERT_OK_AND_ASSIGN(std::vector<int> path, rails.Route(p.nodes[3], p.nodes[2 * 8 + 3]));
+  ASSERT_EQ(path.size(), 2u);
+  EXPECT_EQ(net.link(path[0]).name, "h0.nic3");
+  EXPECT_EQ(net.link(path[1]).name, "h2.nic3");
+
+  Simulator sim2;
+  Network net2(&sim2);
+  Topology tree(&net2);
+  shape.hosts_per_leaf = 2;
+  MOE_ASSERT_OK_AND_ASSIGN(Placement q, FatTree(shape, &tree));
+  // h0 and h3 sit under different leaves: NIC, leaf uplink, spine downlink, NIC.
+  MOE_ASSERT_OK_AND_ASSIGN(path, tree.Route(q.nodes[0], q.nodes[3 * 8]));
+  EXPECT_EQ(path.size(), 4u);
+  EXPECT_THAT(FatTree(ClusterShape{.hosts = 0}, &tree), StatusIs(absl::StatusCode::kInvalidArgument, "hosts must be >= 1"));
 }
 
 TEST(AllToAllTest, TheSameInputsGiveTheSameEventsBitForBit) {
