@@ -4,6 +4,7 @@
 
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
+#include "simulation/compute.h"
 #include "simulation/network.h"
 #include "simulation/presets.h"
 #include "simulation/simulator.h"
@@ -247,6 +248,24 @@ TEST(PresetTest, RailOptimizedRoutesSameRankTrafficOverItsRailAndFatTreeOverTheS
   MOE_ASSERT_OK_AND_ASSIGN(path, tree.Route(q.nodes[0], q.nodes[3 * 8]));
   EXPECT_EQ(path.size(), 4u);
   EXPECT_THAT(FatTree(ClusterShape{.hosts = 0}, &tree), StatusIs(absl::StatusCode::kInvalidArgument, "hosts must be >= 1"));
+}
+
+TEST(ComputeTest, ExpertTimeIsMemoryBoundAtOneTokenAndComputeBoundAtManyByHand) {
+  // Hidden 4096, FFN 14336, BF16: 3 x 4096 x 14336 x 2 B = 352,321,536 B of weights.
+  DeviceProfile d{"test", 1e15, 3e12, {{1, 0.1}, {1001, 0.6}}};
+  ASSERT_THAT(d.Validate(), IsOk());
+  // 1 token: 0.35 GFLOP at 10% of 1 PFLOP/s = 3.5 us < 352 MB / 3 TB/s = 117,441 ns (rounded up).
+  EXPECT_EQ(ExpertFfnTime(d, 1, 4096, 14336, 2), 117'441);
+  // 4096 tokens: 6 x 4096 x 4096 x 14336 = 1.4431e12 FLOP at 60% of 1 PFLOP/s = 2,405,181.4 ns, rounded up.
+  EXPECT_EQ(ExpertFfnTime(d, 4096, 4096, 14336, 2), 2'405'182);
+  EXPECT_DOUBLE_EQ(d.EfficiencyAt(501), 0.35);  // halfway along the curve
+  EXPECT_EQ(ExpertFfnTime(d, 0, 4096, 14336, 2), 0);
+  EXPECT_THAT((DeviceProfile{"bad", 0, 1, {}}.Validate()), StatusIs(absl::StatusCode::kInvalidArgument, "'bad': peak_flops"));
+  EXPECT_THAT((DeviceProfile{"curve", 1, 1, {{8, 0.5}, {4, 0.6}}}.Validate()),
+              StatusIs(absl::StatusCode::kInvalidArgument, "efficiency[1]"));
+  EXPECT_THAT(H100Profile().Validate(), IsOk());
+  EXPECT_THAT(H200Profile().Validate(), IsOk());
+  EXPECT_THAT(A100Profile().Validate(), IsOk());
 }
 
 TEST(AllToAllTest, TheSameInputsGiveTheSameEventsBitForBit) {
