@@ -30,6 +30,12 @@ ABSL_FLAG(std::string, exchange, "mpi", "the workers' all-to-all data plane: mpi
 namespace {
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
+// Workers under MPI outlive the signal: mpirun delivers SIGTERM to every rank at once, and a worker that
+// left before the coordinator's last step would strand its peers inside an MPI collective (which has no
+// deadline). They exit once the coordinator, which finishes its step and stops, is gone
+// (--orphan-timeout-ms), or when mpirun ends the job.
+std::atomic<bool> g_never{false};
+void IgnoreUntilTheCoordinatorIsGone(int) {}
 
 // Sends (rank 0) or receives (others) a string over MPI_COMM_WORLD.
 std::string BroadcastString(std::string value) {
@@ -60,8 +66,8 @@ int main(int argc, char** argv) {
     MPI_Finalize();
     return 2;
   }
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, rank == 0 ? OnSignal : IgnoreUntilTheCoordinatorIsGone);
+  std::signal(SIGTERM, rank == 0 ? OnSignal : IgnoreUntilTheCoordinatorIsGone);
   std::signal(SIGPIPE, SIG_IGN);
   MPI_Comm workers;  // ranks 1..N, in rank order
   MPI_Comm_split(MPI_COMM_WORLD, rank == 0 ? MPI_UNDEFINED : 1, rank, &workers);
@@ -95,7 +101,8 @@ int main(int argc, char** argv) {
         return mpi;
       };
     }
-    code = moe::RunWorker(options, g_stop);
+    // RunWorker returns when the coordinator is gone: under MPI that is how the job ends.
+    moe::RunWorker(options, g_never);
     MPI_Comm_free(&workers);
   }
   MPI_Finalize();
