@@ -38,12 +38,8 @@ void Axpy(float alpha, const float* x, float* y, int64_t n, SimdLevel level) {
   KernelsFor(level).axpy(alpha, x, y, n);
 }
 
-void AddProduct(float alpha, const float* x, float* y, int64_t n) {
-  // ISO C++ mode (CMAKE_CXX_EXTENSIONS OFF) keeps GCC from contracting this into an FMA.
-  for (int64_t i = 0; i < n; ++i) {
-    const float product = alpha * x[i];
-    y[i] += product;
-  }
+void AddProduct(float alpha, const float* x, float* y, int64_t n, SimdLevel level) {
+  KernelsFor(level).add_product(alpha, x, y, n);
 }
 
 }  // namespace moe

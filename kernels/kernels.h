@@ -31,7 +31,8 @@ void Axpy(float alpha, const float* x, float* y, int64_t n, SimdLevel level = Be
 // The MoE combine uses it: with every weighted expert output rounded on its own, adding two of them
 // is commutative, so a top-2 token's output is bit-identical wherever its experts run (one worker
 // or two, any shard map, the single-process engine); a resumed request then continues exactly.
-void AddProduct(float alpha, const float* x, float* y, int64_t n);
+// Every SIMD level gives the same bits (a rounded product, then a rounded sum, lane by lane).
+void AddProduct(float alpha, const float* x, float* y, int64_t n, SimdLevel level = BestSimdLevel());
 
 // The per-level entry points behind the functions above (one definition per kernels_<level>.cc).
 struct KernelTable {
@@ -41,6 +42,7 @@ struct KernelTable {
                        int64_t ldy, bool accumulate, int64_t item_begin, int64_t item_end);
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float alpha, const float* x, float* y, int64_t n);
+  void (*add_product)(float alpha, const float* x, float* y, int64_t n);
 };
 const KernelTable& KernelsFor(SimdLevel level);
 

@@ -68,9 +68,19 @@ void AxpyImpl(float alpha, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+void AddProductImpl(float alpha, const float* x, float* y, int64_t n) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), kernels_impl::Opaque(_mm256_mul_ps(a, _mm256_loadu_ps(x + i)))));
+  }
+  for (; i < n; ++i) y[i] += kernels_impl::Opaque(alpha * x[i]);
+}
+
 }  // namespace
 
 extern const KernelTable kTable;
-const KernelTable kTable{Micro::kPanelsPerItem, &kernels_impl::MatMulItemsAnyType<Micro>, &DotImpl, &AxpyImpl};
+const KernelTable kTable{Micro::kPanelsPerItem, &kernels_impl::MatMulItemsAnyType<Micro>, &DotImpl, &AxpyImpl,
+                         &AddProductImpl};
 
 }  // namespace moe::avx2

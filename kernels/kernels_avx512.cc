@@ -70,9 +70,19 @@ void AxpyImpl(float alpha, const float* x, float* y, int64_t n) {
   }
 }
 
+void AddProductImpl(float alpha, const float* x, float* y, int64_t n) {
+  const __m512 a = _mm512_set1_ps(alpha);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 product = kernels_impl::Opaque(_mm512_mul_ps(a, _mm512_maskz_loadu_ps(m, x + i)));
+    _mm512_mask_storeu_ps(y + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, y + i), product));
+  }
+}
+
 }  // namespace
 
 extern const KernelTable kTable;
-const KernelTable kTable{Micro::kPanelsPerItem, &kernels_impl::MatMulItemsAnyType<Micro>, &DotImpl, &AxpyImpl};
+const KernelTable kTable{Micro::kPanelsPerItem, &kernels_impl::MatMulItemsAnyType<Micro>, &DotImpl, &AxpyImpl,
+                         &AddProductImpl};
 
 }  // namespace moe::avx512

@@ -18,6 +18,15 @@
 
 namespace moe::kernels_impl {
 
+// Returns `v` unchanged, hidden from the optimizer: a product passed through it is rounded on its own
+// and never fused with the following add into an FMA. GCC contracts a * b + c in C++ wherever the target
+// has FMA, across statements and through the _mm*_mul_ps / _mm*_add_ps intrinsics alike.
+template <typename V>
+inline V Opaque(V v) {
+  asm("" : "+v"(v));
+  return v;
+}
+
 // K is processed in blocks so one work item's weight block stays in L1/L2 while every row tile uses it.
 inline constexpr int64_t kKBlock = 256;
 

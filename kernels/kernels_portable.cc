@@ -45,9 +45,14 @@ void AxpyImpl(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+void AddProductImpl(float alpha, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += kernels_impl::Opaque(alpha * x[i]);
+}
+
 }  // namespace
 
 extern const KernelTable kTable;
-const KernelTable kTable{Micro::kPanelsPerItem, &kernels_impl::MatMulItemsAnyType<Micro>, &DotImpl, &AxpyImpl};
+const KernelTable kTable{Micro::kPanelsPerItem, &kernels_impl::MatMulItemsAnyType<Micro>, &DotImpl, &AxpyImpl,
+                         &AddProductImpl};
 
 }  // namespace moe::portable

@@ -85,6 +85,20 @@ TEST_P(KernelsTest, DotAndAxpyMatchNaive) {
   }
 }
 
+TEST_P(KernelsTest, AddProductRoundsTheProductFirstAndMatchesThePortableBitsExactly) {
+  for (int64_t n : {0, 1, 7, 8, 15, 16, 17, 100, 129}) {
+    const std::vector<float> x = RandomVector(n, 7), start = RandomVector(n, 8);
+    std::vector<float> y = start, portable = start;
+    AddProduct(0.37f, x.data(), y.data(), n, GetParam());
+    AddProduct(0.37f, x.data(), portable.data(), n, SimdLevel::kPortable);
+    for (int64_t i = 0; i < n; ++i) {
+      const float product = 0.37f * x[i];
+      ASSERT_EQ(y[i], start[i] + product) << n << " " << i;
+      ASSERT_EQ(y[i], portable[i]) << n << " " << i;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllSupportedLevels, KernelsTest, ::testing::ValuesIn(SupportedSimdLevels()),
                          [](const auto& info) { return std::string(SimdLevelName(info.param)); });
 
