@@ -11,6 +11,7 @@
 #include "checkpoint/model_config.h"
 #include "checkpoint/safetensors_writer.h"
 #include "checkpoint/tokenizer.h"
+#include "common/splitmix.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 
@@ -28,21 +29,15 @@ constexpr const char* kTokenizerCorpus[] = {
     "Once upon a time there was a small model that learned to answer questions exactly.",
 };
 
-// splitmix64: a small, fast, seedable generator so the same options write the same bytes everywhere.
+// Seeded, so the same options write the same bytes everywhere.
 class Rng {
  public:
-  explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+  explicit Rng(uint64_t seed) : bits_(seed) {}
   // Uniform in [-1, 1).
-  float Uniform() { return static_cast<float>(static_cast<double>(Next() >> 11) * 0x1.0p-52 - 1.0); }
+  float Uniform() { return static_cast<float>(bits_.NextUniform() * 2.0 - 1.0); }
 
  private:
-  uint64_t state_;
+  SplitMix64 bits_;
 };
 
 uint64_t HashName(const std::string& s) {

@@ -19,22 +19,10 @@ int32_t ArgMax(std::span<const float> values) {
   return static_cast<int32_t>(std::max_element(values.begin(), values.end()) - values.begin());
 }
 
-namespace {
-constexpr uint64_t kGoldenGamma = 0x9E3779B97F4A7C15ull;  // splitmix64's increment: one per draw
-}  // namespace
-
-Sampler::Sampler(const SamplingParams& params) : params_(params), state_(params.seed ^ 0x5851F42D4C957F2Dull) {}
+Sampler::Sampler(const SamplingParams& params) : params_(params), random_(params.seed ^ 0x5851F42D4C957F2Dull) {}
 
 void Sampler::SkipSamples(int64_t samples) {
-  if (params_.temperature > 0.0f) state_ += static_cast<uint64_t>(samples) * kGoldenGamma;  // one draw per sample
-}
-
-double Sampler::NextUniform() {
-  uint64_t z = (state_ += kGoldenGamma);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * 0x1.0p-53;
+  if (params_.temperature > 0.0f) random_.Skip(static_cast<uint64_t>(samples));  // one draw per sample
 }
 
 int32_t Sampler::Sample(std::span<const float> logits) {
@@ -68,7 +56,7 @@ int32_t Sampler::Sample(std::span<const float> logits) {
   }
   double kept = 0.0;
   for (size_t i = 0; i < cut; ++i) kept += probs_[i];
-  double u = NextUniform() * kept;
+  double u = random_.NextUniform() * kept;
   for (size_t i = 0; i < cut; ++i) {
     u -= probs_[i];
     if (u < 0) return order_[i];

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/splitmix.h"
 
 namespace moe {
 
@@ -29,9 +30,8 @@ class Sampler {
   void SkipSamples(int64_t samples);
 
  private:
-  double NextUniform();  // [0, 1)
   SamplingParams params_;
-  uint64_t state_;
+  SplitMix64 random_;
   std::vector<int32_t> order_;
   std::vector<float> probs_;
 };

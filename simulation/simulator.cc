@@ -7,16 +7,7 @@
 namespace moe::sim {
 
 RandomStream::RandomStream(uint64_t seed, uint64_t stream_id)
-    : state_(seed * 0x9E3779B97F4A7C15ull ^ (stream_id + 1) * 0xD1B54A32D192ED03ull) {}
-
-uint64_t RandomStream::NextU64() {
-  uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-double RandomStream::NextUniform() { return static_cast<double>(NextU64() >> 11) * 0x1.0p-53; }
+    : bits_(seed * 0x9E3779B97F4A7C15ull ^ (stream_id + 1) * 0xD1B54A32D192ED03ull) {}
 
 double RandomStream::NextExponential(double mean) { return -mean * std::log1p(-NextUniform()); }
 

@@ -8,19 +8,21 @@
 #include <functional>
 #include <vector>
 
+#include "common/splitmix.h"
+
 namespace moe::sim {
 
 using Nanos = int64_t;
 
-// A random stream (splitmix64): cheap, seeded, independent per stream id.
+// A random stream: cheap, seeded, independent per stream id.
 class RandomStream {
  public:
   RandomStream(uint64_t seed, uint64_t stream_id);
-  uint64_t NextU64();
-  double NextUniform();                 // [0, 1)
-  double NextExponential(double mean);  // for Poisson arrivals
+  uint64_t NextU64() { return bits_.Next(); }
+  double NextUniform() { return bits_.NextUniform(); }  // [0, 1)
+  double NextExponential(double mean);                   // for Poisson arrivals
  private:
-  uint64_t state_;
+  SplitMix64 bits_;
 };
 
 class Simulator {
