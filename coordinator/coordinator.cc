@@ -195,6 +195,15 @@ absl::Status Coordinator::Reconfigure() {
     {
       absl::MutexLock lock(&mutex_);
       membership_changed_ = false;  // a registration from here on triggers another round
+      if (options_.fixed_membership) {
+        for (size_t w = 0; w < workers_.size() && membership_lost_.ok(); ++w) {
+          if (workers_[w].alive) continue;
+          membership_lost_ = absl::UnavailableError(absl::StrCat(
+              "worker ", w, " (", workers_[w].address, ") died, and this cluster's data plane (MPI) has fixed "
+              "membership: restart the job"));
+        }
+        if (!membership_lost_.ok()) return membership_lost_;
+      }
       for (size_t i = 0; i < workers_.size(); ++i) {
         if (!workers_[i].alive) continue;
         slots.push_back(static_cast<int>(i));
@@ -353,27 +362,15 @@ void Coordinator::EngineLoop() {
         }
       }
       reconfigure = membership_changed_;
-      if (reconfigure && options_.fixed_membership) {
-        for (size_t w = 0; w < workers_.size() && membership_lost_.ok(); ++w) {
-          if (!workers_[w].alive) {
-            membership_lost_ = absl::UnavailableError(absl::StrCat(
-                "worker ", w, " (", workers_[w].address, ") died, and this cluster's data plane (MPI) has fixed "
-                "membership: restart the job"));
-          }
-        }
-        if (!membership_lost_.ok()) {
-          FailAll(membership_lost_);
-          for (auto& r : release_) r.clear();
-          membership_changed_ = false;
-          continue;
-        }
-      }
     }
     if (reconfigure) {
       absl::Status s = Reconfigure();
       if (!s.ok()) {
+        // No map could be installed: every open request ends, and no worker holds the sequences that
+        // were waiting to be released.
         absl::MutexLock lock(&mutex_);
         FailAll(s);
+        for (auto& r : release_) r.clear();
       }
       continue;
     }

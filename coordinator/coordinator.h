@@ -141,7 +141,7 @@ class Coordinator final : public v1::Coordinator::Service {
   explicit Coordinator(const CoordinatorOptions& options, ModelConfig config);
   // Places the experts on the live workers under a new epoch, loads the shards, and restarts every
   // running sequence on the new map. Retries without workers that fail to load; UNAVAILABLE when no
-  // worker is left.
+  // worker is left, or (fixed_membership) once any worker has died.
   absl::Status Reconfigure();
   void EngineLoop();
   StepOutcome RunStep();
