@@ -9,11 +9,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <future>
-
-#include <algorithm>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -47,6 +46,7 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::str
   posix_spawnattr_init(&attr);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);  // its own session: teardown can check it is empty
   std::unique_ptr<LocalCluster> c(new LocalCluster());
+  c->launcher_ = launcher;
   std::string bin_env = std::string("MOE_BIN=") + MOE_BINARY_DIR + "/bin";
   std::vector<char*> env;
   for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
@@ -116,13 +116,13 @@ absl::Status LocalCluster::Stop(std::chrono::seconds timeout) {
   absl::Status result;
   if (waited.wait_for(timeout) != std::future_status::ready) {
     ::kill(-pid_, SIGKILL);
-    result = absl::DeadlineExceededError("run-local did not stop within the deadline");
+    result = absl::DeadlineExceededError(launcher_ + " did not stop within the deadline");
   }
   waited.wait();
   // Every process of the session must be gone (workers and coordinator included).
   if (result.ok() && ::kill(-pid_, 0) == 0) {
     ::kill(-pid_, SIGKILL);
-    result = absl::InternalError("processes of the cluster outlived run-local");
+    result = absl::InternalError("processes of the cluster outlived " + launcher_);
   }
   if (stdout_fd_ >= 0) ::close(stdout_fd_);
   stdout_fd_ = -1;

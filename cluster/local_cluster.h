@@ -30,7 +30,7 @@ class LocalCluster {
   const std::vector<int>& worker_pids() const { return worker_pids_; }
   // Starts one more moe-worker (e.g. a dead worker coming back); Stop also stops it.
   absl::StatusOr<int> StartWorker(const std::string& model_dir);
-  // Sends SIGTERM to run-local and waits for it; returns OK when it exited and no process of its
+  // Sends SIGTERM to the launcher and waits for it; returns OK when it exited and no process of its
   // session is left.
   absl::Status Stop(std::chrono::seconds timeout = std::chrono::seconds(20));
 
@@ -39,7 +39,7 @@ class LocalCluster {
   int pid_ = -1;
   int stdout_fd_ = -1;
   bool stopped_ = false;
-  std::string address_, metrics_url_, control_address_;
+  std::string launcher_, address_, metrics_url_, control_address_;
   std::vector<int> worker_pids_;
   std::vector<int> extra_worker_pids_;
 };

@@ -35,7 +35,6 @@ void OnSignal(int) { g_stop = true; }
 // deadline). They exit once the coordinator, which finishes its step and stops, is gone
 // (--orphan-timeout-ms), or when mpirun ends the job.
 std::atomic<bool> g_never{false};
-void IgnoreUntilTheCoordinatorIsGone(int) {}
 
 // Sends (rank 0) or receives (others) a string over MPI_COMM_WORLD.
 std::string BroadcastString(std::string value) {
@@ -66,8 +65,8 @@ int main(int argc, char** argv) {
     MPI_Finalize();
     return 2;
   }
-  std::signal(SIGINT, rank == 0 ? OnSignal : IgnoreUntilTheCoordinatorIsGone);
-  std::signal(SIGTERM, rank == 0 ? OnSignal : IgnoreUntilTheCoordinatorIsGone);
+  std::signal(SIGINT, rank == 0 ? OnSignal : SIG_IGN);
+  std::signal(SIGTERM, rank == 0 ? OnSignal : SIG_IGN);
   std::signal(SIGPIPE, SIG_IGN);
   MPI_Comm workers;  // ranks 1..N, in rank order
   MPI_Comm_split(MPI_COMM_WORLD, rank == 0 ? MPI_UNDEFINED : 1, rank, &workers);
