@@ -3,13 +3,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/kernels.h"
 
 namespace moe {
 
-RoutingDecision ComputeRouting(const float* router_logits, int64_t num_tokens, const ModelConfig& config) {
+RoutingDecision ComputeRouting(const float* router_logits, int64_t num_tokens, const ModelConfig& config,
+                               std::span<const int32_t* const> row_targets) {
   RoutingDecision r;
   r.num_tokens = num_tokens;
   r.top_k = config.top_k;
@@ -17,21 +19,41 @@ RoutingDecision ComputeRouting(const float* router_logits, int64_t num_tokens, c
   r.experts.resize(static_cast<size_t>(num_tokens * k));
   r.weights.resize(static_cast<size_t>(num_tokens * k));
   std::vector<float> prob(static_cast<size_t>(e_count));
-  std::vector<int32_t> order(static_cast<size_t>(e_count));
+  std::vector<int32_t> order;
   for (int64_t t = 0; t < num_tokens; ++t) {
     const float* logits = router_logits + t * e_count;
-    const float max_logit = *std::max_element(logits, logits + e_count);
+    const int32_t* targets = row_targets.empty() ? nullptr : row_targets[t];
+    order.clear();
+    for (int64_t e = 0; e < e_count; ++e) {
+      if (targets == nullptr || targets[e] != kNoExpert) order.push_back(static_cast<int32_t>(e));
+    }
+    float max_logit = -std::numeric_limits<float>::infinity();
+    for (int32_t e : order) max_logit = std::max(max_logit, logits[e]);
     float sum = 0.0f;
-    for (int64_t e = 0; e < e_count; ++e) sum += prob[e] = std::exp(logits[e] - max_logit);
-    for (int64_t e = 0; e < e_count; ++e) prob[e] /= sum;
-    for (int64_t e = 0; e < e_count; ++e) order[e] = static_cast<int32_t>(e);
+    for (int32_t e : order) sum += prob[e] = std::exp(logits[e] - max_logit);
+    for (int32_t e : order) prob[e] /= sum;
     std::partial_sort(order.begin(), order.begin() + k, order.end(),
                       [&](int32_t a, int32_t b) { return prob[a] > prob[b] || (prob[a] == prob[b] && a < b); });
     float top_sum = 0.0f;
     for (int64_t j = 0; j < k; ++j) top_sum += prob[order[j]];
+    int32_t* experts = r.experts.data() + t * k;
+    float* weights = r.weights.data() + t * k;
+    int64_t used = 0;
     for (int64_t j = 0; j < k; ++j) {
-      r.experts[t * k + j] = order[j];
-      r.weights[t * k + j] = config.norm_topk_prob ? prob[order[j]] / top_sum : prob[order[j]];
+      const int32_t target = targets == nullptr ? order[j] : targets[order[j]];
+      const float w = config.norm_topk_prob ? prob[order[j]] / top_sum : prob[order[j]];
+      int64_t same = 0;
+      while (same < used && experts[same] != target) ++same;
+      if (same < used) {
+        weights[same] += w;
+      } else {
+        experts[used] = target;
+        weights[used++] = w;
+      }
+    }
+    for (int64_t j = used; j < k; ++j) {
+      experts[j] = kNoExpert;
+      weights[j] = 0.0f;
     }
   }
   return r;
@@ -60,13 +82,21 @@ absl::Status LocalExpertDispatcher::DispatchCombine(int64_t layer, const Routing
   const int64_t h = c.hidden_size, slots = routing.num_tokens * routing.top_k;
   std::memset(out, 0, sizeof(float) * static_cast<size_t>(routing.num_tokens * h));
   // Counting sort of the (token, slot) pairs by expert: slot_order lists pairs expert by expert.
-  std::vector<int64_t> start(static_cast<size_t>(c.num_experts + 1), 0);
-  for (int64_t s = 0; s < slots; ++s) ++start[routing.experts[s] + 1];
-  for (int64_t e = 0; e < c.num_experts; ++e) start[e + 1] += start[e];
-  std::vector<int64_t> fill(start.begin(), start.end() - 1), slot_order(static_cast<size_t>(slots));
-  for (int64_t s = 0; s < slots; ++s) slot_order[fill[routing.experts[s]]++] = s;
+  const int64_t table = static_cast<int64_t>(moe.experts.size());
+  std::vector<int64_t> start(static_cast<size_t>(table + 1), 0);
+  for (int64_t s = 0; s < slots; ++s) {
+    const int32_t e = routing.experts[s];
+    if (e == kNoExpert) continue;
+    if (e < 0 || e >= table) return absl::InvalidArgumentError(absl::StrCat("layer ", layer, ": no expert ", e));
+    ++start[e + 1];
+  }
+  for (int64_t e = 0; e < table; ++e) start[e + 1] += start[e];
+  std::vector<int64_t> fill(start.begin(), start.end() - 1), slot_order(static_cast<size_t>(start.back()));
+  for (int64_t s = 0; s < slots; ++s) {
+    if (routing.experts[s] != kNoExpert) slot_order[fill[routing.experts[s]]++] = s;
+  }
 
-  for (int64_t e = 0; e < c.num_experts; ++e) {
+  for (int64_t e = 0; e < table; ++e) {
     const int64_t n = start[e + 1] - start[e];
     if (n == 0) continue;
     if (!moe.experts[e].loaded()) {

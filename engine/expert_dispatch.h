@@ -5,6 +5,7 @@
 #define MOE_ENGINE_EXPERT_DISPATCH_H_
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -14,17 +15,35 @@
 
 namespace moe {
 
-// Top-k experts and their combine weights for each token of one MoE layer.
+// Top-k experts and their combine weights for each token of one MoE layer. Expert ids index the layer's
+// expert table (MoeWeights::experts): the checkpoint's experts first, then merged experts of task maps.
 struct RoutingDecision {
   int64_t num_tokens = 0;
   int64_t top_k = 0;
-  std::vector<int32_t> experts;  // [num_tokens * top_k], best first
-  std::vector<float> weights;    // [num_tokens * top_k]
+  std::vector<int32_t> experts;  // [num_tokens * top_k], best first; kNoExpert where a slot is unused
+  std::vector<float> weights;    // [num_tokens * top_k]; 0 where unused
+};
+
+inline constexpr int32_t kNoExpert = -1;
+
+// Where each gate slot of each MoE layer sends its tokens for one task (a resolved task expert map):
+// targets[layer][slot] is an expert table id, or kNoExpert when the slot is dropped from the gate (it
+// never wins). An empty layer (dense layers, or a map that leaves a layer alone) routes slot e to expert e.
+struct SlotRouting {
+  std::vector<std::vector<int32_t>> targets;
+  const int32_t* LayerTargets(int64_t layer) const {
+    return layer < static_cast<int64_t>(targets.size()) && !targets[layer].empty() ? targets[layer].data() : nullptr;
+  }
 };
 
 // Softmax over each row of router_logits [num_tokens, num_experts], top-k (ties: lower expert id), and
 // renormalization of the k weights when config.norm_topk_prob. Pure.
-RoutingDecision ComputeRouting(const float* router_logits, int64_t num_tokens, const ModelConfig& config);
+// With row_targets (one entry per token; null = identity), a token's dropped slots are left out of the
+// softmax and the top-k, each chosen slot is sent to its target, and slots sharing a target are merged
+// into one entry (weights summed, best first); the freed entries are kNoExpert with weight 0.
+// REQUIRES: each row keeps at least top_k slots.
+RoutingDecision ComputeRouting(const float* router_logits, int64_t num_tokens, const ModelConfig& config,
+                               std::span<const int32_t* const> row_targets = {});
 
 // out[rows, hidden] = down(silu(gate(x)) * up(x)). scratch is resized as needed.
 void RunFfn(const FfnWeights& w, const float* x, int64_t rows, float* out, std::vector<float>* scratch,

@@ -30,7 +30,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(Model& model, const std::
   for (const GenerationRequest& r : requests) {
     caches.push_back(model.NewCache());
     samplers.emplace_back(r.sampling);
-    inputs.push_back({caches.back().get(), r.prompt, false});
+    inputs.push_back({caches.back().get(), r.prompt, false, r.slot_routing});
     local.prompt_tokens += static_cast<int64_t>(r.prompt.size());
   }
   std::vector<size_t> live(requests.size());
@@ -62,7 +62,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(Model& model, const std::
     }
     live = std::move(still_live);
     inputs.clear();
-    for (size_t i : live) inputs.push_back({caches[i].get(), std::span<const int32_t>(&last[i], 1), false});
+    for (size_t i : live) inputs.push_back({caches[i].get(), std::span<const int32_t>(&last[i], 1), false, requests[i].slot_routing});
   }
   if (stats != nullptr) *stats = local;
   return results;

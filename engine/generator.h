@@ -16,6 +16,7 @@ struct GenerationRequest {
   int64_t max_tokens = 16;
   SamplingParams sampling;
   bool stop_at_eos = true;
+  const SlotRouting* slot_routing = nullptr;  // task expert map; null = full model; must outlive Generate
 };
 
 enum class FinishReason { kLength, kEos };

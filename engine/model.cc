@@ -167,8 +167,23 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
     } else {
       router_logits_.resize(static_cast<size_t>(rows * c.num_experts));
       MatMul(normed_.data(), rows, lw.moe.router, router_logits_.data(), pool_);
-      RoutingDecision routing = ComputeRouting(router_logits_.data(), rows, c);
-      for (int32_t e : routing.experts) ++expert_usage_[l][e];
+      if (router_observer_) router_observer_(l, router_logits_.data(), rows);
+      bool any_map = false;
+      row_targets_.assign(static_cast<size_t>(rows), nullptr);
+      for (size_t b = 0; b < batch.size(); ++b) {
+        const int32_t* targets = batch[b].slot_routing ? batch[b].slot_routing->LayerTargets(l) : nullptr;
+        if (targets == nullptr) continue;
+        any_map = true;
+        std::fill(row_targets_.begin() + row_start[b], row_targets_.begin() + row_start[b + 1], targets);
+      }
+      RoutingDecision routing = ComputeRouting(router_logits_.data(), rows, c,
+                                               any_map ? std::span<const int32_t* const>(row_targets_)
+                                                       : std::span<const int32_t* const>());
+      for (int32_t e : routing.experts) {
+        if (e == kNoExpert) continue;
+        if (e >= static_cast<int32_t>(expert_usage_[l].size())) expert_usage_[l].resize(static_cast<size_t>(e) + 1, 0);
+        ++expert_usage_[l][e];
+      }
       MOE_RETURN_IF_ERROR(dispatcher_->DispatchCombine(l, routing, normed_.data(), ffn_out_.data()));
       if (lw.moe.shared_expert.loaded()) {
         shared_out_.resize(static_cast<size_t>(rows * h));

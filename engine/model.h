@@ -3,6 +3,7 @@
 #define MOE_ENGINE_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -35,7 +36,12 @@ struct ForwardInput {
   KvCache* cache = nullptr;            // tokens[0] sits at position cache->length()
   std::span<const int32_t> tokens;
   bool all_logits = false;             // logits of every new token, not only the last (tests)
+  const SlotRouting* slot_routing = nullptr;  // the sequence's task expert map; null = the full model
 };
+
+// Sees every MoE layer's router logits [rows, num_experts] of a Forward call, rows in batch order
+// (offline tools: expert-map pruning collects them).
+using RouterLogitsObserver = std::function<void(int64_t layer, const float* logits, int64_t rows)>;
 
 class Model {
  public:
@@ -53,9 +59,15 @@ class Model {
   // one caller at a time. An empty batch still runs every layer (and its collectives) with zero rows.
   absl::StatusOr<std::vector<float>> Forward(std::span<const ForwardInput> batch);
 
-  // Tokens routed to each expert of each layer since construction or ResetExpertUsage(): [layer][expert].
+  // Tokens routed to each expert of each layer since construction or ResetExpertUsage(): [layer][expert
+  // table id]; at least num_experts columns, more once task maps' merged experts were used.
   const std::vector<std::vector<int64_t>>& expert_usage() const { return expert_usage_; }
   void ResetExpertUsage();
+
+  void SetRouterLogitsObserver(RouterLogitsObserver observer) { router_observer_ = std::move(observer); }
+
+  // The expert tables, for installing task maps' merged experts (router library). Not while Forward runs.
+  ModelWeights* mutable_weights() { return weights_.get(); }
 
  private:
   void RmsNorm(const float* x, const std::vector<float>& weight, int64_t rows, float* out) const;
@@ -71,6 +83,8 @@ class Model {
   ExpertDispatcher* dispatcher_;
   std::vector<float> inv_freq_;
   std::vector<std::vector<int64_t>> expert_usage_;
+  RouterLogitsObserver router_observer_;
+  std::vector<const int32_t*> row_targets_;
   // Step scratch, reused across calls.
   std::vector<float> hidden_, normed_, qkv_, attn_, ffn_out_, router_logits_, shared_out_, shared_gate_, scratch_;
 };

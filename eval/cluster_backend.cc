@@ -7,9 +7,20 @@
 
 namespace moe {
 
-ClusterBackend::ClusterBackend(const std::string& address, std::string task)
+ClusterBackend::ClusterBackend(const std::string& address, std::string task_pattern)
     : stub_(v1::Inference::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
-      task_(std::move(task)) {}
+      task_pattern_(std::move(task_pattern)) {}
+
+absl::Status ClusterBackend::BeginTask(const std::string& task) {
+  task_ = ForTask(task_pattern_, task);
+  return absl::OkStatus();
+}
+
+CompletionBackend::Traffic ClusterBackend::TakeTraffic() {
+  Traffic t = since_last_;
+  since_last_ = {};
+  return t;
+}
 
 absl::StatusOr<std::vector<std::string>> ClusterBackend::CompleteGreedy(const std::vector<std::string>& prompts,
                                                                         int64_t max_tokens) {
@@ -33,6 +44,8 @@ absl::StatusOr<std::vector<std::string>> ClusterBackend::CompleteGreedy(const st
     if (!status[i].ok()) return FromGrpcStatus(status[i], "cluster");
     all2all_bytes_ += responses[i].usage().all2all_bytes();
     completion_tokens_ += responses[i].usage().completion_tokens();
+    since_last_.all2all_bytes += responses[i].usage().all2all_bytes();
+    since_last_.completion_tokens += responses[i].usage().completion_tokens();
     out.push_back(responses[i].text());
   }
   return out;

@@ -12,17 +12,22 @@ namespace moe {
 
 class ClusterBackend : public CompletionBackend {
  public:
-  // `task` is sent with every request (empty = full model).
-  ClusterBackend(const std::string& address, std::string task);
+  // `task_pattern` ("{task}" replaced by the task being evaluated) is sent with every request as its task
+  // expert map's name (empty = full model).
+  ClusterBackend(const std::string& address, std::string task_pattern);
   // Sends the prompts concurrently (one call each, greedy); the first failure is returned.
   absl::StatusOr<std::vector<std::string>> CompleteGreedy(const std::vector<std::string>& prompts,
                                                           int64_t max_tokens) override;
+  absl::Status BeginTask(const std::string& task) override;
+  Traffic TakeTraffic() override;
   int64_t all2all_bytes() const { return all2all_bytes_; }
   int64_t completion_tokens() const { return completion_tokens_; }
 
  private:
   std::unique_ptr<v1::Inference::Stub> stub_;
+  std::string task_pattern_;
   std::string task_;
+  Traffic since_last_;
   int64_t all2all_bytes_ = 0;
   int64_t completion_tokens_ = 0;
 };

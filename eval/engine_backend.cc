@@ -2,6 +2,7 @@
 
 #include "common/status.h"
 #include "engine/generator.h"
+#include "router/expert_map.h"
 
 namespace moe {
 
@@ -14,11 +15,13 @@ absl::StatusOr<std::vector<std::string>> EngineBackend::CompleteGreedy(const std
     MOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer_->Encode(p));
     r.prompt.insert(r.prompt.end(), ids.begin(), ids.end());
     r.max_tokens = max_tokens;
+    r.slot_routing = slot_routing_ ? &*slot_routing_ : nullptr;
     requests.push_back(std::move(r));
   }
   MOE_ASSIGN_OR_RETURN(std::vector<GenerationResult> results, Generate(*model_, requests));
   std::vector<std::string> out;
   for (GenerationResult& r : results) {
+    completion_tokens_ += static_cast<int64_t>(r.tokens.size());
     if (r.finish == FinishReason::kEos) r.tokens.pop_back();
     out.push_back(tokenizer_->Decode(r.tokens));
   }
@@ -29,6 +32,25 @@ std::vector<std::vector<int64_t>> EngineBackend::TakeExpertUsage() {
   auto usage = model_->expert_usage();
   model_->ResetExpertUsage();
   return usage;
+}
+
+absl::Status EngineBackend::BeginTask(const std::string& task) {
+  if (expert_map_pattern_.empty()) return absl::OkStatus();
+  slot_routing_.reset();
+  RemoveMergedExperts(model_->mutable_weights());
+  MOE_ASSIGN_OR_RETURN(ExpertMap map, ReadExpertMap(ForTask(expert_map_pattern_, task), /*with_weights=*/true));
+  MOE_ASSIGN_OR_RETURN(ModelIdentity identity, IdentifyModel(*model_->weights().source));
+  MOE_RETURN_IF_ERROR(ValidateExpertMap(map, identity, model_->config().top_k));
+  const std::vector<int32_t> base = MergedExpertBaseIds({&map}, model_->config())[0];
+  InstallMergedExperts(map, base, model_->mutable_weights(), nullptr);
+  slot_routing_ = ResolveSlotRouting(map, base, model_->config());
+  return absl::OkStatus();
+}
+
+CompletionBackend::Traffic EngineBackend::TakeTraffic() {
+  Traffic t{completion_tokens_, 0};
+  completion_tokens_ = 0;
+  return t;
 }
 
 }  // namespace moe

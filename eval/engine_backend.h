@@ -3,6 +3,7 @@
 #define MOE_EVAL_ENGINE_BACKEND_H_
 
 #include <memory>
+#include <optional>
 
 #include "checkpoint/tokenizer.h"
 #include "engine/model.h"
@@ -12,15 +13,22 @@ namespace moe {
 
 class EngineBackend : public CompletionBackend {
  public:
-  // `model` and `tokenizer` must outlive the backend.
-  EngineBackend(Model* model, const Tokenizer* tokenizer) : model_(model), tokenizer_(tokenizer) {}
+  // `model` and `tokenizer` must outlive the backend. With `expert_map_pattern` (a directory, "{task}"
+  // replaced by the task's name), each task is served through its expert map, installed into the model.
+  EngineBackend(Model* model, const Tokenizer* tokenizer, std::string expert_map_pattern = "")
+      : model_(model), tokenizer_(tokenizer), expert_map_pattern_(std::move(expert_map_pattern)) {}
   absl::StatusOr<std::vector<std::string>> CompleteGreedy(const std::vector<std::string>& prompts,
                                                           int64_t max_tokens) override;
   std::vector<std::vector<int64_t>> TakeExpertUsage() override;
+  absl::Status BeginTask(const std::string& task) override;
+  Traffic TakeTraffic() override;
 
  private:
   Model* model_;
   const Tokenizer* tokenizer_;
+  std::string expert_map_pattern_;
+  std::optional<SlotRouting> slot_routing_;
+  int64_t completion_tokens_ = 0;
 };
 
 }  // namespace moe

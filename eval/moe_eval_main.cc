@@ -22,7 +22,12 @@ ABSL_FLAG(std::string, json, "", "write results (with expert usage) to this file
 ABSL_FLAG(double, min_accuracy, 0.0, "exit 2 if any task scores below this");
 ABSL_FLAG(std::string, backend, "engine", "engine (in-process) or cluster (--server)");
 ABSL_FLAG(std::string, server, "", "cluster address for --backend cluster");
-ABSL_FLAG(std::string, task, "", "task expert map sent with every request (cluster backend)");
+ABSL_FLAG(std::string, task, "",
+          "cluster backend: task expert map name sent with every request; \"{task}\" becomes the task's name "
+          "(e.g. {task}-uncurl-p2)");
+ABSL_FLAG(std::string, expert_map, "",
+          "engine backend: serve each task through this expert map directory; \"{task}\" becomes the task's name "
+          "(e.g. maps/{task}-uncurl-p2)");
 ABSL_FLAG(int32_t, threads, 0, "threads (0 = one per core)");
 ABSL_FLAG(bool, print_usage, false, "print, per MoE layer, the share of each task's tokens routed to each expert");
 
@@ -58,7 +63,7 @@ int main(int argc, char** argv) {
   auto weights = moe::LoadModelWeights(std::move(*source), {}, &pool);
   if (!weights.ok()) return Fail(weights.status().ToString());
   moe::Model model(std::move(*weights), &pool);
-  moe::EngineBackend backend(&model, tokenizer->get());
+  moe::EngineBackend backend(&model, tokenizer->get(), absl::GetFlag(FLAGS_expert_map));
   auto results = moe::EvaluateTasks(backend, *suite, absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_max_tokens));
   if (!results.ok()) return Fail(results.status().ToString());
   return Report(*results, -1);
@@ -91,7 +96,13 @@ int Report(const std::vector<moe::TaskResult>& results, double all2all_bytes_per
   bool below = false;
   double sum = 0;
   for (const moe::TaskResult& r : results) {
-    std::cout << absl::StrFormat("%s accuracy=%.4f n=%d\n", r.task, r.accuracy(), r.total);
+    std::cout << absl::StrFormat("%s accuracy=%.4f n=%d tokens_per_s=%.1f", r.task, r.accuracy(), r.total,
+                                 r.seconds > 0 ? r.traffic.completion_tokens / r.seconds : 0.0);
+    if (all2all_bytes_per_token >= 0 && r.traffic.completion_tokens > 0) {
+      std::cout << absl::StrFormat(" all2all_bytes_per_token=%.1f",
+                                   static_cast<double>(r.traffic.all2all_bytes) / r.traffic.completion_tokens);
+    }
+    std::cout << "\n";
     below |= r.accuracy() < absl::GetFlag(FLAGS_min_accuracy);
     sum += r.accuracy();
   }

@@ -1,5 +1,6 @@
 #include "eval/task_suite.h"
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
@@ -37,6 +38,14 @@ absl::StatusOr<std::map<std::string, std::vector<TaskExample>>> LoadTaskSuite(co
   return suite;
 }
 
+std::string ForTask(const std::string& pattern, const std::string& task) {
+  std::string out = pattern;
+  for (size_t at = out.find("{task}"); at != std::string::npos; at = out.find("{task}", at + task.size())) {
+    out.replace(at, 6, task);
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<TaskResult>> EvaluateTasks(CompletionBackend& backend,
                                                       const std::map<std::string, std::vector<TaskExample>>& suite,
                                                       int64_t batch_size, int64_t max_tokens) {
@@ -44,7 +53,10 @@ absl::StatusOr<std::vector<TaskResult>> EvaluateTasks(CompletionBackend& backend
   for (const auto& [task, rows] : suite) {
     TaskResult r;
     r.task = task;
-    backend.TakeExpertUsage();  // start this task's usage from zero
+    MOE_RETURN_IF_ERROR(backend.BeginTask(task));
+    backend.TakeExpertUsage();  // start this task's usage and traffic from zero
+    backend.TakeTraffic();
+    const auto start = std::chrono::steady_clock::now();
     for (size_t begin = 0; begin < rows.size(); begin += static_cast<size_t>(batch_size)) {
       const size_t end = std::min(rows.size(), begin + static_cast<size_t>(batch_size));
       std::vector<std::string> prompts;
@@ -53,7 +65,9 @@ absl::StatusOr<std::vector<TaskResult>> EvaluateTasks(CompletionBackend& backend
       for (size_t i = begin; i < end; ++i) r.correct += outputs[i - begin] == rows[i].answer;
       r.total += static_cast<int64_t>(end - begin);
     }
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     r.expert_usage = backend.TakeExpertUsage();
+    r.traffic = backend.TakeTraffic();
     results.push_back(std::move(r));
   }
   return results;
@@ -63,7 +77,8 @@ nlohmann::json TaskResultsToJson(const std::vector<TaskResult>& results) {
   nlohmann::json tasks = nlohmann::json::object();
   for (const TaskResult& r : results) {
     tasks[r.task] = {{"accuracy", r.accuracy()}, {"correct", r.correct}, {"n", r.total},
-                     {"expert_usage", r.expert_usage}};
+                     {"expert_usage", r.expert_usage}, {"seconds", r.seconds},
+                     {"completion_tokens", r.traffic.completion_tokens}, {"all2all_bytes", r.traffic.all2all_bytes}};
   }
   return {{"tasks", tasks}};
 }

@@ -31,7 +31,18 @@ class CompletionBackend {
                                                                   int64_t max_tokens) = 0;
   // Tokens routed to each expert of each layer since the last call ([layer][expert]); empty if unknown.
   virtual std::vector<std::vector<int64_t>> TakeExpertUsage() { return {}; }
+  // Called before each task's prompts; a backend serving task expert maps selects that task's map here.
+  virtual absl::Status BeginTask(const std::string& task) { return absl::OkStatus(); }
+  // Generated tokens, and the All2All bytes they moved (0 when unknown), since the last call.
+  struct Traffic {
+    int64_t completion_tokens = 0;
+    int64_t all2all_bytes = 0;
+  };
+  virtual Traffic TakeTraffic() { return {}; }
 };
+
+// Replaces every "{task}" in `pattern` with `task`.
+std::string ForTask(const std::string& pattern, const std::string& task);
 
 struct TaskResult {
   std::string task;
@@ -39,6 +50,8 @@ struct TaskResult {
   int64_t total = 0;
   double accuracy() const { return total ? static_cast<double>(correct) / total : 0.0; }
   std::vector<std::vector<int64_t>> expert_usage;  // [layer][expert]
+  CompletionBackend::Traffic traffic;
+  double seconds = 0;  // wall time of the task's completions
 };
 
 // Runs every task through `backend` (batches of `batch_size` prompts) and scores exact matches.

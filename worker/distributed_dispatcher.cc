@@ -63,7 +63,7 @@ absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const R
       int32_t n = 0;
       for (int64_t j = 0; j < k; ++j) {
         const int32_t e = routing.experts[t * k + j];
-        if (shard_map_->OwnerFor(layer, e, t) != dest) continue;
+        if (e == kNoExpert || shard_map_->OwnerFor(layer, e, t) != dest) continue;
         experts[n] = e;
         weights[n] = routing.weights[t * k + j];
         ++n;
@@ -96,9 +96,10 @@ absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const R
 
   // 3. Validate what arrived, then run each local expert on all the rows that need it.
   const MoeWeights& moe = weights_->layers[layer].moe;
+  const int64_t table = static_cast<int64_t>(moe.experts.size());
   std::vector<int32_t> counts(static_cast<size_t>(peers));
   struct Slot { int from; int32_t row; float weight; };
-  std::vector<std::vector<Slot>> by_expert(static_cast<size_t>(c.num_experts));
+  std::vector<std::vector<Slot>> by_expert(static_cast<size_t>(table));
   for (int from = 0; from < peers; ++from) {
     const std::string& m = recv[from];
     if (m.size() < 4) return absl::DataLossError(absl::StrCat("layer ", layer, ": short dispatch message from worker ", from));
@@ -112,7 +113,7 @@ absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const R
       if (n < 1 || n > k) return absl::DataLossError(absl::StrCat("layer ", layer, ": bad expert count from worker ", from));
       for (int32_t j = 0; j < n; ++j) {
         const int32_t e = ReadAt<int32_t>(m, base + 4 + 4 * j);
-        if (e < 0 || e >= c.num_experts || !moe.experts[e].loaded()) {
+        if (e < 0 || e >= table || !moe.experts[e].loaded()) {
           return absl::DataLossError(absl::StrCat("layer ", layer, ": worker ", from, " sent a token for expert ", e,
                                                   ", which this worker does not hold"));
         }
@@ -122,10 +123,11 @@ absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const R
   }
   std::vector<std::vector<float>> replies(static_cast<size_t>(peers));
   for (int from = 0; from < peers; ++from) replies[from].assign(static_cast<size_t>(counts[from]) * h, 0.0f);
-  for (int64_t e = 0; e < c.num_experts; ++e) {
+  for (int64_t e = 0; e < table; ++e) {
     const auto& slots = by_expert[e];
     if (slots.empty()) continue;
-    traffic_.expert_tokens[layer * c.num_experts + e] += static_cast<int64_t>(slots.size());
+    // Merged experts of task maps (ids past the checkpoint's) are not in the per-expert load table.
+    if (e < c.num_experts) traffic_.expert_tokens[layer * c.num_experts + e] += static_cast<int64_t>(slots.size());
     const int64_t n = static_cast<int64_t>(slots.size());
     gathered_.resize(static_cast<size_t>(n * h));
     expert_out_.resize(gathered_.size());
