@@ -72,13 +72,15 @@ void RequestHandle::Fail(absl::Status status) {
 
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const CoordinatorOptions& options) {
   if (options.num_workers < 1) return absl::InvalidArgumentError("the cluster needs at least one worker");
-  MOE_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(options.model_dir + "/config.json"));
-  return std::unique_ptr<Coordinator>(new Coordinator(options, std::move(config)));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<ModelSource> source, ModelSource::Open(options.model_dir));
+  MOE_ASSIGN_OR_RETURN(ModelIdentity identity, IdentifyModel(*source));
+  return std::unique_ptr<Coordinator>(new Coordinator(options, source->config(), std::move(identity)));
 }
 
-Coordinator::Coordinator(const CoordinatorOptions& options, ModelConfig config)
+Coordinator::Coordinator(const CoordinatorOptions& options, ModelConfig config, ModelIdentity identity)
     : options_(options),
       config_(std::move(config)),
+      identity_(std::move(identity)),
       metrics_(std::make_unique<ClusterMetrics>(static_cast<int>(config_.num_layers), static_cast<int>(config_.num_experts),
                                                 options.num_workers)),
       release_(static_cast<size_t>(options.num_workers)) {}
@@ -191,6 +193,7 @@ absl::Status Coordinator::Reconfigure() {
     std::vector<int> slots;
     std::vector<std::shared_ptr<v1::Worker::Stub>> stubs;
     v1::ShardMapProto proto;
+    google::protobuf::RepeatedPtrField<v1::ExpertMapRef> map_refs;
     ShardMap map;
     {
       absl::MutexLock lock(&mutex_);
@@ -217,8 +220,14 @@ absl::Status Coordinator::Reconfigure() {
       MOE_ASSIGN_OR_RETURN(map, PlaceExperts(config_, static_cast<int>(slots.size()), options_.expert_load,
                                              options_.placement, shard_map_.epoch + 1));
       for (int slot : slots) map.worker_addresses.push_back(workers_[slot].address);
+      PlaceExpertMaps(&map);
       shard_map_.epoch = map.epoch;  // an epoch is never reused, even when this round fails
       ShardMapToProto(map, &proto);
+      for (const LoadedMap& m : expert_maps_) {
+        v1::ExpertMapRef* ref = map_refs.Add();
+        ref->set_name(m.map.name);
+        ref->set_path(m.path);
+      }
     }
     std::vector<grpc::Status> status(stubs.size());
     std::vector<std::thread> threads;
@@ -229,6 +238,7 @@ absl::Status Coordinator::Reconfigure() {
         v1::LoadShardRequest req;
         req.set_worker_id(static_cast<int>(rank));
         *req.mutable_shard_map() = proto;
+        *req.mutable_expert_maps() = map_refs;
         v1::LoadShardResponse resp;
         status[rank] = stubs[rank]->LoadShard(&ctx, req, &resp);
       });
@@ -242,14 +252,25 @@ absl::Status Coordinator::Reconfigure() {
       const int slot = slots[rank];
       // A map the worker cannot take (invalid, or a data plane with fixed membership such as MPI after
       // a rank died) is not the worker's death: report it rather than loop.
-      if (status[rank].error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
-          status[rank].error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+      const bool refused = status[rank].error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+                           status[rank].error_code() == grpc::StatusCode::FAILED_PRECONDITION;
+      // A task expert map being added that a worker cannot take is dropped again; the cluster goes on
+      // with the maps it had.
+      const auto pending = std::find_if(expert_maps_.begin(), expert_maps_.end(), [](const LoadedMap& m) { return !m.installed; });
+      if (refused && pending != expert_maps_.end()) {
+        map_refusal_ = absl::StrCat("worker ", slot, " refused it: ", status[rank].error_message());
+        expert_maps_.erase(std::remove_if(expert_maps_.begin(), expert_maps_.end(), [](const LoadedMap& m) { return !m.installed; }),
+                           expert_maps_.end());
+        break;
+      }
+      if (refused) {
         return absl::UnavailableError(absl::StrCat("cannot place the experts on the live workers: worker ", slot,
                                                    " refused the shard map: ", status[rank].error_message()));
       }
       if (workers_[slot].stub == stubs[rank]) MarkDead(slot, absl::StrCat("LoadShard failed: ", status[rank].error_message()));
     }
     if (!all_loaded) continue;
+    for (LoadedMap& m : expert_maps_) m.installed = true;
     shard_map_ = std::move(map);
     rank_slot_ = slots;
     metrics_->workers_alive = static_cast<int64_t>(slots.size());
@@ -259,6 +280,7 @@ absl::Status Coordinator::Reconfigure() {
   }
   // Every worker dropped its sequences with the old map: restart the running ones on the new ranks,
   // from their prompt plus what they already streamed.
+  absl::MutexLock lock(&mutex_);
   const int ranks = static_cast<int>(rank_slot_.size());
   release_.assign(static_cast<size_t>(ranks), {});
   int next_rank = 0;
@@ -274,7 +296,8 @@ absl::Status Coordinator::Reconfigure() {
         continue;
       }
     }
-    s.worker = next_rank++ % ranks;
+    const LoadedMap* task_map = FindMap(s.spec.task);
+    s.worker = task_map != nullptr ? task_map->home_rank : next_rank++ % ranks;
     ++it;
   }
   return absl::OkStatus();
@@ -293,9 +316,6 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Coordinator::Submit(GenerationSpe
                                                    ") is longer than the context of ", config_.max_position_embeddings));
   }
   MOE_RETURN_IF_ERROR(spec.sampling.Validate());
-  if (!spec.task.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown task '", spec.task, "' (no task expert maps are loaded)"));
-  }
   if (static_cast<int64_t>(spec.prompt.size()) > options_.max_batch_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat("prompt of ", spec.prompt.size(), " tokens exceeds the batch limit of ",
                                                      options_.max_batch_tokens, " tokens"));
@@ -304,6 +324,18 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Coordinator::Submit(GenerationSpe
   if (!ready_ || stopping_) return absl::UnavailableError("the cluster is not serving (starting or stopping)");
   if (!membership_lost_.ok()) return membership_lost_;
   if (rank_slot_.empty()) return absl::UnavailableError("no live worker (waiting for workers to register)");
+  if (!spec.task.empty()) {
+    LoadedMap* task_map = const_cast<LoadedMap*>(FindMap(spec.task));
+    if (task_map == nullptr) {
+      std::string names;
+      for (const LoadedMap& m : expert_maps_) {
+        if (m.installed) absl::StrAppend(&names, names.empty() ? "" : ", ", m.map.name);
+      }
+      return absl::InvalidArgumentError(absl::StrCat("unknown task '", spec.task, "' (task expert maps loaded: ",
+                                                     names.empty() ? "none" : names, ")"));
+    }
+    task_map->requests++;
+  }
   if (static_cast<int>(queue_.size()) >= options_.max_queued) {
     metrics_->requests_rejected++;
     return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", options_.max_queued, " waiting)"));
@@ -384,7 +416,13 @@ void Coordinator::EngineLoop() {
         Sequence s = std::move(queue_.front());
         queue_.pop_front();
         budget -= static_cast<int64_t>(s.spec.prompt.size());
-        // The least loaded rank; ties go round-robin, so that light traffic still reaches every worker.
+        // A task's requests run where its expert map lives. Otherwise the least loaded rank; ties go
+        // round-robin, so that light traffic still reaches every worker.
+        if (const LoadedMap* task_map = FindMap(s.spec.task); task_map != nullptr) {
+          s.worker = task_map->home_rank;
+          running_.emplace(s.id, std::move(s));
+          continue;
+        }
         std::vector<int> load(static_cast<size_t>(ranks), 0);
         for (const auto& [id, r] : running_) ++load[r.worker];
         int best = -1;
@@ -397,6 +435,10 @@ void Coordinator::EngineLoop() {
       }
       metrics_->queue_depth = static_cast<int64_t>(queue_.size());
       metrics_->running = static_cast<int64_t>(running_.size());
+      running_tasks_.clear();
+      for (const auto& [id, r] : running_) {
+        if (!r.spec.task.empty()) running_tasks_[r.spec.task]++;
+      }
     }
     bool any_release = false;
     for (const auto& r : release_) any_release |= !r.empty();
@@ -451,6 +493,7 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       work->set_top_p(s.spec.sampling.top_p);
       work->set_top_k(s.spec.sampling.top_k);
       work->set_seed(s.spec.sampling.seed);
+      work->set_expert_map(s.spec.task);
       s.started = true;
     } else {
       work->add_tokens(s.generated.back());
@@ -506,6 +549,10 @@ Coordinator::StepOutcome Coordinator::RunStep() {
   }
   if (!outcome.status.ok()) return outcome;
   const auto now = Clock::now();
+  struct TaskTokens {
+    int64_t tokens = 0, bytes = 0;
+  };
+  std::map<std::string, TaskTokens> task_tokens;
   for (int w = 0; w < n; ++w) {
     const v1::StepResponse& resp = calls[w].response;
     std::vector<int64_t> per_slot(static_cast<size_t>(options_.num_workers), 0);
@@ -522,6 +569,11 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       s.handle->Push(r.token(), r.all2all_bytes(),
                      !last ? v1::FINISH_REASON_UNSPECIFIED : eos ? v1::FINISH_REASON_EOS : v1::FINISH_REASON_LENGTH);
       metrics_->tokens_generated++;
+      metrics_->AddTaskToken(s.spec.task, r.all2all_bytes());
+      if (!s.spec.task.empty()) {
+        task_tokens[s.spec.task].tokens++;
+        task_tokens[s.spec.task].bytes += r.all2all_bytes();
+      }
       const bool first = s.generated.empty();
       (first ? metrics_->ttft_seconds : metrics_->inter_token_seconds)
           .Observe(std::chrono::duration<double>(now - (first ? s.arrival : s.last_token_time)).count());
@@ -533,7 +585,131 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       }
     }
   }
+  if (!task_tokens.empty()) {
+    absl::MutexLock lock(&mutex_);
+    for (LoadedMap& m : expert_maps_) {
+      auto it = task_tokens.find(m.map.name);
+      if (it == task_tokens.end()) continue;
+      m.completion_tokens += it->second.tokens;
+      m.all2all_bytes += it->second.bytes;
+    }
+  }
   return outcome;
+}
+
+// ---- Task expert maps -----------------------------------------------------------------------------
+
+const Coordinator::LoadedMap* Coordinator::FindMap(const std::string& name) const {
+  if (name.empty()) return nullptr;
+  for (const LoadedMap& m : expert_maps_) {
+    if (m.map.name == name && m.installed) return &m;
+  }
+  return nullptr;
+}
+
+void Coordinator::PlaceExpertMaps(ShardMap* map) {
+  std::vector<const ExpertMap*> ordered;
+  for (const LoadedMap& m : expert_maps_) ordered.push_back(&m.map);
+  for (size_t i = 0; i < expert_maps_.size(); ++i) {
+    LoadedMap& m = expert_maps_[i];
+    m.home_rank = static_cast<int>(i % static_cast<size_t>(map->num_workers));
+    for (const LayerExpertMap& lm : m.map.layers) {
+      auto& owners = map->owners[lm.layer];
+      for (size_t merged = 0; merged < lm.merged.size(); ++merged) owners.push_back({m.home_rank});
+      for (int32_t target : lm.slot_to_expert) {
+        if (target == kNoExpert || target >= config_.num_experts) continue;
+        auto& replicas = owners[target];
+        if (std::find(replicas.begin(), replicas.end(), m.home_rank) == replicas.end()) replicas.push_back(m.home_rank);
+      }
+    }
+  }
+}
+
+v1::ExpertMapInfo Coordinator::MapInfo(const LoadedMap& m) const {
+  v1::ExpertMapInfo info;
+  info.set_name(m.map.name);
+  info.set_task(m.map.task);
+  info.set_method(m.map.method);
+  info.set_pruning_factor(m.map.pruning_factor);
+  info.set_path(m.path);
+  for (const LayerExpertMap& lm : m.map.layers) info.add_reachable_experts(m.map.ReachableExperts(lm.layer));
+  info.set_home_worker(m.home_rank < static_cast<int>(rank_slot_.size()) ? rank_slot_[m.home_rank] : -1);
+  info.set_requests(m.requests);
+  info.set_completion_tokens(m.completion_tokens);
+  info.set_all2all_bytes(m.all2all_bytes);
+  return info;
+}
+
+absl::StatusOr<v1::ExpertMapInfo> Coordinator::LoadExpertMap(const std::string& path, std::chrono::milliseconds timeout) {
+  // Read with weights once, so that shapes are checked here and a bad map never reaches the workers.
+  MOE_ASSIGN_OR_RETURN(ExpertMap map, ReadExpertMap(path, /*with_weights=*/true));
+  MOE_RETURN_IF_ERROR(ValidateExpertMap(map, identity_, config_.top_k));
+  for (LayerExpertMap& lm : map.layers) {
+    for (MergedExpert& m : lm.merged) m.weights = {};
+  }
+  const std::string name = map.name;
+  absl::MutexLock lock(&mutex_);
+  if (!ready_ || stopping_) return absl::UnavailableError("the cluster is not serving (starting or stopping)");
+  for (const LoadedMap& m : expert_maps_) {
+    if (m.map.name == name) return absl::AlreadyExistsError(absl::StrCat("an expert map named '", name, "' is loaded"));
+  }
+  expert_maps_.push_back({std::move(map), path});
+  map_refusal_.clear();
+  membership_changed_ = true;
+  struct Settled {
+    const Coordinator* c;
+    const std::string* name;
+    bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      if (c->stopping_) return true;
+      for (const LoadedMap& m : c->expert_maps_) {
+        if (m.map.name == *name) return m.installed;
+      }
+      return true;  // dropped: a worker refused it
+    }
+  } settled{this, &name};
+  if (!mutex_.AwaitWithTimeout(absl::Condition(&settled, &Settled::Ready), absl::FromChrono(timeout))) {
+    return absl::DeadlineExceededError(absl::StrCat("expert map '", name, "' is not installed yet; it still will be"));
+  }
+  for (const LoadedMap& m : expert_maps_) {
+    if (m.map.name == name) return MapInfo(m);
+  }
+  if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
+  return absl::FailedPreconditionError(absl::StrCat("expert map '", name, "' was not installed: ", map_refusal_));
+}
+
+std::vector<v1::ExpertMapInfo> Coordinator::ListExpertMaps() const {
+  absl::MutexLock lock(&mutex_);
+  std::vector<v1::ExpertMapInfo> out;
+  for (const LoadedMap& m : expert_maps_) {
+    if (m.installed) out.push_back(MapInfo(m));
+  }
+  return out;
+}
+
+absl::Status Coordinator::RemoveExpertMap(const std::string& name, std::chrono::milliseconds timeout) {
+  absl::MutexLock lock(&mutex_);
+  auto it = std::find_if(expert_maps_.begin(), expert_maps_.end(), [&](const LoadedMap& m) { return m.map.name == name; });
+  if (it == expert_maps_.end()) return absl::NotFoundError(absl::StrCat("no expert map named '", name, "' is loaded"));
+  int64_t users = 0;
+  for (const Sequence& s : queue_) users += s.spec.task == name;
+  auto running = running_tasks_.find(name);
+  if (running != running_tasks_.end()) users += running->second;
+  if (users > 0) {
+    return absl::FailedPreconditionError(absl::StrCat("expert map '", name, "' is used by ", users,
+                                                      " queued or running requests; remove it when they are done"));
+  }
+  expert_maps_.erase(it);
+  membership_changed_ = true;
+  const uint64_t epoch = shard_map_.epoch;
+  struct Replaced {
+    const Coordinator* c;
+    uint64_t epoch;
+    bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->stopping_ || c->shard_map_.epoch > epoch; }
+  } replaced{this, epoch};
+  if (!mutex_.AwaitWithTimeout(absl::Condition(&replaced, &Replaced::Ready), absl::FromChrono(timeout))) {
+    return absl::DeadlineExceededError(absl::StrCat("expert map '", name, "' is removed; the workers have not dropped it yet"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moe

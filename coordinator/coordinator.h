@@ -29,6 +29,7 @@
 #include "engine/sampler.h"
 #include "moe/v1/cluster.grpc.pb.h"
 #include "moe/v1/inference.pb.h"
+#include "router/expert_map.h"
 
 namespace moe {
 
@@ -114,6 +115,16 @@ class Coordinator final : public v1::Coordinator::Service {
   // Stops the engine loop; every request still open fails with UNAVAILABLE.
   void Shutdown();
 
+  // Task expert maps (router admin). Loading checks the map against the served model, adds it, and
+  // waits (up to `timeout`) until the workers have installed it under a new shard map; requests in
+  // flight are resumed on that map. INVALID_ARGUMENT / NOT_FOUND (unreadable or malformed map),
+  // FAILED_PRECONDITION (another model, or a worker refused it), ALREADY_EXISTS (name taken),
+  // DEADLINE_EXCEEDED, UNAVAILABLE (not serving).
+  absl::StatusOr<v1::ExpertMapInfo> LoadExpertMap(const std::string& path, std::chrono::milliseconds timeout);
+  std::vector<v1::ExpertMapInfo> ListExpertMaps() const;
+  // NOT_FOUND, or FAILED_PRECONDITION while a queued or running request uses the map.
+  absl::Status RemoveExpertMap(const std::string& name, std::chrono::milliseconds timeout);
+
  private:
   struct Sequence {
     uint64_t id = 0;
@@ -138,7 +149,23 @@ class Coordinator final : public v1::Coordinator::Service {
     std::vector<std::pair<int, std::string>> unreachable;  // rank, and how its call failed
   };
 
-  explicit Coordinator(const CoordinatorOptions& options, ModelConfig config);
+  // A task expert map the cluster serves. Its merged experts live on one worker, its home (map index
+  // modulo the live workers), which also gets a replica of every original expert the map keeps, and
+  // its requests run there: a task's tokens then rarely leave their worker.
+  struct LoadedMap {
+    ExpertMap map;  // without weights (the workers read those)
+    std::string path;
+    bool installed = false;  // part of the current shard map
+    int home_rank = 0;
+    int64_t requests = 0, completion_tokens = 0, all2all_bytes = 0;
+  };
+
+  explicit Coordinator(const CoordinatorOptions& options, ModelConfig config, ModelIdentity identity);
+  const LoadedMap* FindMap(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  v1::ExpertMapInfo MapInfo(const LoadedMap& m) const;
+  // Adds every loaded map's merged experts (and home replicas) to a placement of the checkpoint's experts.
+  void PlaceExpertMaps(ShardMap* map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
   // Places the experts on the live workers under a new epoch, loads the shards, and restarts every
   // running sequence on the new map. Retries without workers that fail to load; UNAVAILABLE when no
   // worker is left, or (fixed_membership) once any worker has died.
@@ -150,6 +177,7 @@ class Coordinator final : public v1::Coordinator::Service {
 
   const CoordinatorOptions options_;
   const ModelConfig config_;
+  const ModelIdentity identity_;
   std::unique_ptr<ClusterMetrics> metrics_;
 
   mutable absl::Mutex mutex_;
@@ -161,6 +189,10 @@ class Coordinator final : public v1::Coordinator::Service {
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   absl::Status membership_lost_ ABSL_GUARDED_BY(mutex_);  // fixed_membership only: why the cluster cannot serve
   std::deque<Sequence> queue_ ABSL_GUARDED_BY(mutex_);
+  std::vector<LoadedMap> expert_maps_ ABSL_GUARDED_BY(mutex_);  // in install order (fixes merged expert ids)
+  std::string map_refusal_ ABSL_GUARDED_BY(mutex_);  // why workers refused the maps not yet installed
+  // Running requests per task expert map, as of the engine loop's last admission (RemoveExpertMap).
+  std::map<std::string, int64_t> running_tasks_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_sequence_id_ ABSL_GUARDED_BY(mutex_) = 1;
 
   // Owned by the engine loop thread only.

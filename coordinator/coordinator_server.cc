@@ -9,6 +9,7 @@
 #include "checkpoint/tokenizer.h"
 #include "common/log.h"
 #include "coordinator/inference_service.h"
+#include "coordinator/router_admin_service.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "proto/grpc_util.h"
@@ -24,6 +25,8 @@ ABSL_FLAG(int32_t, max_running, 64, "sequences in the running batch");
 ABSL_FLAG(int64_t, max_batch_tokens, 4096, "prompt tokens admitted per step");
 ABSL_FLAG(int32_t, heartbeat_timeout_ms, 1500, "a worker silent this long is dead");
 ABSL_FLAG(double, replicate_above, 0.0, "replicate experts loaded above this multiple of the mean (0 = off)");
+ABSL_FLAG(std::vector<std::string>, expert_maps, {},
+          "task expert map directories (moe-prune output) to load once the workers are up; a glob-free comma list");
 ABSL_FLAG(std::string, expert_load, "", "measured expert load for placement (moe-eval --json output, or {\"expert_load\": [[...]]})");
 
 namespace moe {
@@ -42,6 +45,7 @@ CoordinatorServerOptions CoordinatorServerOptionsFromFlags() {
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   o.startup_timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_startup_timeout_ms));
   o.expert_load_file = absl::GetFlag(FLAGS_expert_load);
+  o.expert_maps = absl::GetFlag(FLAGS_expert_maps);
   return o;
 }
 
@@ -75,6 +79,7 @@ int RunCoordinator(const CoordinatorServerOptions& server_options, const std::at
     tokenizer = std::move(*t);
   }
   InferenceService inference(coordinator->get(), std::move(tokenizer));
+  RouterAdminService router_admin(coordinator->get(), std::chrono::minutes(2));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -84,6 +89,7 @@ int RunCoordinator(const CoordinatorServerOptions& server_options, const std::at
   const std::string listen = absl::StrCat(host, ":", server_options.port);
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&inference);
+  builder.RegisterService(&router_admin);
   builder.RegisterService(coordinator->get());
   builder.SetMaxReceiveMessageSize(64 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -111,6 +117,15 @@ int RunCoordinator(const CoordinatorServerOptions& server_options, const std::at
     (*coordinator)->Shutdown();
     server->Shutdown(DeadlineAfter(std::chrono::seconds(2)));
     return Fail(stop ? "interrupted during start-up" : ready.ToString());
+  }
+  for (const std::string& path : server_options.expert_maps) {
+    auto info = (*coordinator)->LoadExpertMap(path, std::chrono::minutes(2));
+    if (!info.ok()) {
+      (*coordinator)->Shutdown();
+      server->Shutdown(DeadlineAfter(std::chrono::seconds(2)));
+      return Fail(absl::StrCat("expert map ", path, ": ", info.status().ToString()));
+    }
+    std::cout << "expert map " << info->name() << " loaded (home worker " << info->home_worker() << ")" << std::endl;
   }
   server->GetHealthCheckService()->SetServingStatus(true);
   std::cout << "listening on " << address << std::endl;

@@ -116,6 +116,7 @@ grpc::Status InferenceService::ModelInfo(grpc::ServerContext*, const v1::ModelIn
   r->set_top_k(c.top_k);
   r->set_max_context(c.max_position_embeddings);
   r->set_shard_map_epoch(coordinator_->epoch());
+  for (const v1::ExpertMapInfo& m : coordinator_->ListExpertMaps()) r->add_tasks(m.name());
   return grpc::Status::OK;
 }
 

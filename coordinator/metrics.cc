@@ -61,6 +61,13 @@ ClusterMetrics::ClusterMetrics(int num_layers, int num_experts, int num_workers)
       worker_tokens_(static_cast<size_t>(num_workers), 0),
       worker_up_(static_cast<size_t>(num_workers), 0) {}
 
+void ClusterMetrics::AddTaskToken(const std::string& task, int64_t all2all_bytes) {
+  absl::MutexLock lock(&mutex_);
+  TaskTraffic& t = task_traffic_[task];
+  ++t.tokens;
+  t.all2all_bytes += all2all_bytes;
+}
+
 void ClusterMetrics::SetWorkerUp(int worker, bool up) {
   absl::MutexLock lock(&mutex_);
   if (worker >= 0 && worker < num_workers_) worker_up_[static_cast<size_t>(worker)] = up ? 1 : 0;
@@ -110,6 +117,14 @@ std::string ClusterMetrics::Render() const {
       if (a == b) continue;
       absl::StrAppend(&out, "moe_all2all_pair_bytes_total{src=\"", a, "\",dst=\"", b, "\"} ", pair_bytes_[a * num_workers_ + b], "\n");
     }
+  }
+  out += "# HELP moe_task_generated_tokens_total Tokens generated, by task expert map (\"\" = full model).\n"
+         "# TYPE moe_task_generated_tokens_total counter\n";
+  for (const auto& [task, t] : task_traffic_) absl::StrAppend(&out, "moe_task_generated_tokens_total{task=\"", task, "\"} ", t.tokens, "\n");
+  out += "# HELP moe_task_all2all_bytes_total All2All bytes moved by each task's tokens.\n"
+         "# TYPE moe_task_all2all_bytes_total counter\n";
+  for (const auto& [task, t] : task_traffic_) {
+    absl::StrAppend(&out, "moe_task_all2all_bytes_total{task=\"", task, "\"} ", t.all2all_bytes, "\n");
   }
   out += "# HELP moe_worker_up Whether the worker slot holds a live member.\n# TYPE moe_worker_up gauge\n";
   for (int w = 0; w < num_workers_; ++w) absl::StrAppend(&out, "moe_worker_up{worker=\"", w, "\"} ", worker_up_[w], "\n");

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -53,6 +54,9 @@ class ClusterMetrics {
   // per_peer is indexed by slot too.
   void AddStepTraffic(int worker, const std::vector<int64_t>& per_layer, const std::vector<int64_t>& per_peer,
                       const std::vector<int64_t>& expert_tokens, int64_t generated_tokens);
+  // One generated token of a request served through task expert map `task` ("" = the full model), and
+  // the All2All bytes its step moved.
+  void AddTaskToken(const std::string& task, int64_t all2all_bytes);
   // Whether registration slot `worker` holds a live member.
   void SetWorkerUp(int worker, bool up);
   std::string Render() const;
@@ -66,6 +70,10 @@ class ClusterMetrics {
   std::vector<int64_t> expert_tokens_ ABSL_GUARDED_BY(mutex_); // [layer * experts + expert]
   std::vector<int64_t> worker_tokens_ ABSL_GUARDED_BY(mutex_); // tokens generated for sequences on each worker
   std::vector<int64_t> worker_up_ ABSL_GUARDED_BY(mutex_);
+  struct TaskTraffic {
+    int64_t tokens = 0, all2all_bytes = 0;
+  };
+  std::map<std::string, TaskTraffic> task_traffic_ ABSL_GUARDED_BY(mutex_);
 };
 
 // Serves GET /metrics with `render()` on a loopback-or-any port; one connection at a time.

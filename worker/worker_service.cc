@@ -6,7 +6,8 @@
 
 namespace moe {
 
-absl::StatusOr<ShardMap> ShardMapFromProto(const v1::ShardMapProto& p, const ModelConfig& c) {
+absl::StatusOr<ShardMap> ShardMapFromProto(const v1::ShardMapProto& p, const ModelConfig& c,
+                                           const std::vector<int64_t>& merged_experts) {
   ShardMap m;
   m.epoch = p.epoch();
   m.num_workers = p.num_workers();
@@ -20,7 +21,8 @@ absl::StatusOr<ShardMap> ShardMapFromProto(const v1::ShardMapProto& p, const Mod
   m.owners.resize(static_cast<size_t>(c.num_layers));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const auto& layer = p.layers(static_cast<int>(l));
-    const int64_t expected = c.IsMoeLayer(l) ? c.num_experts : 0;
+    const int64_t expected =
+        c.IsMoeLayer(l) ? c.num_experts + (merged_experts.empty() ? 0 : merged_experts[l]) : 0;
     if (layer.experts_size() != expected) {
       return absl::InvalidArgumentError(absl::StrCat("shard map layer ", l, " places ", layer.experts_size(),
                                                      " experts, the model has ", expected));
@@ -70,7 +72,29 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
     if (!source.ok()) return ToGrpcStatus(source.status());
     source_ = std::move(*source);
   }
-  auto map = ShardMapFromProto(request->shard_map(), source_->config());
+  if (!identity_) {
+    auto identity = IdentifyModel(*source_);
+    if (!identity.ok()) return ToGrpcStatus(identity.status());
+    identity_ = *identity;
+  }
+  const ModelConfig& config = source_->config();
+  // Task expert maps first: their merged experts are part of what the shard map places.
+  std::vector<ExpertMap> maps;
+  std::vector<int64_t> merged_experts(static_cast<size_t>(config.num_layers), 0);
+  for (const v1::ExpertMapRef& ref : request->expert_maps()) {
+    auto map = ReadExpertMap(ref.path(), /*with_weights=*/true);
+    if (!map.ok()) return ToGrpcStatus(absl::FailedPreconditionError(map.status().message()));
+    if (map->name != ref.name()) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("expert map at ", ref.path(), " is named '", map->name, "', not '", ref.name(), "'"));
+    }
+    if (absl::Status s = ValidateExpertMap(*map, *identity_, config.top_k); !s.ok()) {
+      return ToGrpcStatus(absl::FailedPreconditionError(s.message()));
+    }
+    for (const LayerExpertMap& lm : map->layers) merged_experts[lm.layer] += static_cast<int64_t>(lm.merged.size());
+    maps.push_back(std::move(*map));
+  }
+  auto map = ShardMapFromProto(request->shard_map(), config, merged_experts);
   if (!map.ok()) return ToGrpcStatus(map.status());
   const int me = request->worker_id();
   if (me < 0 || me >= map->num_workers) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "worker_id out of range");
@@ -95,6 +119,16 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
   } else {
     grpc_exchange = std::make_shared<GrpcExchange>(me, shard->map.epoch, shard->map.worker_addresses, options_.exchange_timeout);
     shard->exchange = grpc_exchange;
+  }
+  std::vector<const ExpertMap*> ordered;
+  for (const ExpertMap& m : maps) ordered.push_back(&m);
+  const auto base_ids = MergedExpertBaseIds(ordered, config);
+  for (size_t i = 0; i < maps.size(); ++i) {
+    InstallMergedExperts(maps[i], base_ids[i], weights->get(), load.owns_expert);
+    shard->expert_maps[maps[i].name] = ResolveSlotRouting(maps[i], base_ids[i], config);
+  }
+  for (const LayerWeights& l : (*weights)->layers) {
+    for (size_t e = static_cast<size_t>(config.num_experts); e < l.moe.experts.size(); ++e) expert_bytes += l.moe.experts[e].size_bytes();
   }
   shard->dispatcher = std::make_unique<DistributedExpertDispatcher>(weights->get(), &shard->map, shard->exchange.get(),
                                                                     pool_.get());
@@ -134,8 +168,19 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
                             absl::StrCat("sequence ", w.sequence_id(), ": sampled_before ", w.sampled_before(),
                                          " must be in [0, tokens)"));
       }
+      const SlotRouting* routing = nullptr;
+      if (!w.expert_map().empty()) {
+        auto found = shard_->expert_maps.find(w.expert_map());
+        if (found == shard_->expert_maps.end()) {
+          return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                              absl::StrCat("sequence ", w.sequence_id(), ": expert map '", w.expert_map(),
+                                           "' is not part of this shard"));
+        }
+        routing = &found->second;
+      }
       sequences_.erase(w.sequence_id());
-      Sequence& sequence = sequences_.emplace(w.sequence_id(), Sequence{model.NewCache(), Sampler(params)}).first->second;
+      Sequence& sequence =
+          sequences_.emplace(w.sequence_id(), Sequence{model.NewCache(), Sampler(params), routing}).first->second;
       sequence.sampler.SkipSamples(w.sampled_before());
     }
     auto it = sequences_.find(w.sequence_id());
@@ -143,7 +188,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("unknown sequence ", w.sequence_id()));
     }
     tokens.emplace_back(w.tokens().begin(), w.tokens().end());
-    inputs.push_back({it->second.cache.get(), tokens.back(), false});
+    inputs.push_back({it->second.cache.get(), tokens.back(), false, it->second.slot_routing});
   }
   int64_t rows = 0;
   for (const auto& t : tokens) rows += static_cast<int64_t>(t.size());

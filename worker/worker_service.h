@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -16,12 +17,15 @@
 #include "engine/sampler.h"
 #include "exchange/grpc_exchange.h"
 #include "moe/v1/cluster.grpc.pb.h"
+#include "router/expert_map.h"
 #include "worker/distributed_dispatcher.h"
 
 namespace moe {
 
-// proto <-> ShardMap, validated against the model (INVALID_ARGUMENT naming what is wrong).
-absl::StatusOr<ShardMap> ShardMapFromProto(const v1::ShardMapProto& p, const ModelConfig& config);
+// proto <-> ShardMap, validated against the model (INVALID_ARGUMENT naming what is wrong). Each MoE
+// layer places num_experts + merged_experts[layer] experts (task maps' merged experts; empty = none).
+absl::StatusOr<ShardMap> ShardMapFromProto(const v1::ShardMapProto& p, const ModelConfig& config,
+                                           const std::vector<int64_t>& merged_experts = {});
 void ShardMapToProto(const ShardMap& m, v1::ShardMapProto* p);
 
 class WorkerService final : public v1::Worker::Service {
@@ -46,6 +50,7 @@ class WorkerService final : public v1::Worker::Service {
   struct Sequence {
     std::unique_ptr<KvCache> cache;
     Sampler sampler;
+    const SlotRouting* slot_routing = nullptr;  // its task expert map (owned by the shard); null = full model
   };
   // Everything built for one shard map; replaced as a whole when a new map arrives.
   struct Shard {
@@ -54,11 +59,13 @@ class WorkerService final : public v1::Worker::Service {
     std::shared_ptr<moe::Exchange> exchange;
     std::unique_ptr<DistributedExpertDispatcher> dispatcher;
     std::unique_ptr<Model> model;
+    std::map<std::string, SlotRouting> expert_maps;  // by name, resolved to this shard's expert tables
   };
 
   Options options_;
   std::unique_ptr<ThreadPool> pool_;
   std::shared_ptr<const ModelSource> source_;
+  std::optional<ModelIdentity> identity_;  // of source_, for checking task expert maps
   absl::Mutex step_mutex_;  // one Step or LoadShard at a time
   std::unique_ptr<Shard> shard_ ABSL_GUARDED_BY(step_mutex_);
   std::map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(step_mutex_);
