@@ -20,6 +20,9 @@
 #include "cluster/local_cluster.h"
 #include "eval/cluster_backend.h"
 #include "eval/engine_backend.h"
+#include "router/expert_map.h"
+#include "router/pruning.h"
+#include "router/router_stats.h"
 
 namespace moe {
 namespace {
@@ -467,6 +470,156 @@ TEST(ClusterSystemTest, TheBundledModelAnswersTasksAsTheEngineDoesWithTextAndSto
   EXPECT_EQ(r.text(), "dc");
   EXPECT_EQ(r.finish_reason(), v1::FINISH_REASON_STOP);
   EXPECT_THAT(cluster->Stop(), IsOk());
+}
+
+
+// Builds an UNCURL map (p = 2, every MoE layer) for `model_dir` from router statistics of `prompts`,
+// writes it to `dir`, and returns it.
+ExpertMap MakeUncurlMap(const std::string& model_dir, const std::string& name, const std::vector<std::vector<int32_t>>& prompts,
+                        const std::string& dir) {
+  ThreadPool pool(1);
+  auto source_or = ModelSource::Open(model_dir);
+  EXPECT_THAT(source_or, IsOk());
+  std::shared_ptr<const ModelSource> source = std::move(*source_or);
+  auto weights = LoadModelWeights(source, {}, &pool);
+  EXPECT_THAT(weights, IsOk());
+  Model model(std::move(*weights), &pool);
+  auto stats = CollectRouterStats(model, prompts, 16);
+  EXPECT_THAT(stats, IsOk());
+  ExpertMap map;
+  map.name = name;
+  map.task = "test";
+  map.method = "uncurl";
+  map.experts_kept = model.config().num_experts / 2;
+  map.pruning_factor = 2;
+  auto identity = IdentifyModel(*source);
+  EXPECT_THAT(identity, IsOk());
+  map.model = *identity;
+  for (int64_t l = 0; l < model.config().num_layers; ++l) {
+    auto layer = BuildUncurlLayer(l, (*stats)[l], map.experts_kept, [&](int32_t e) { return ReadExpertFfn(*source, l, e); });
+    EXPECT_THAT(layer, IsOk());
+    map.layers.push_back(std::move(*layer));
+  }
+  EXPECT_THAT(WriteExpertMap(map, dir, DType::kF32), IsOk());
+  return map;
+}
+
+TEST(ClusterRouterTest, TaskExpertMapsAreLoadedServedLocallyAndRemovedWithoutARestart) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 12; ++i) prompts.push_back(Prompt(i));
+  const auto maps_dir = std::filesystem::path(ModelDir()).parent_path() / ("moe_cluster_test_maps_" + std::to_string(::getpid()));
+  const std::string map_dir = (maps_dir / "t-uncurl-p2").string();
+  const ExpertMap map = MakeUncurlMap(ModelDir(), "t-uncurl-p2", prompts, map_dir);
+
+  // The engine's greedy answers through the map.
+  std::vector<std::vector<int32_t>> expected;
+  {
+    ThreadPool pool(1);
+    MOE_ASSERT_OK_AND_ASSIGN(auto source, ModelSource::Open(ModelDir()));
+    MOE_ASSERT_OK_AND_ASSIGN(auto weights, LoadModelWeights(std::move(source), {}, &pool));
+    Model model(std::move(weights), &pool);
+    MOE_ASSERT_OK_AND_ASSIGN(ExpertMap with_weights, ReadExpertMap(map_dir, true));
+    const auto base = MergedExpertBaseIds({&with_weights}, model.config())[0];
+    InstallMergedExperts(with_weights, base, model.mutable_weights(), nullptr);
+    const SlotRouting routing = ResolveSlotRouting(with_weights, base, model.config());
+    std::vector<GenerationRequest> requests;
+    for (const auto& p : prompts) requests.push_back({p, 10, {}, true, &routing});
+    MOE_ASSERT_OK_AND_ASSIGN(auto results, Generate(model, requests));
+    for (auto& r : results) {
+      if (r.finish == FinishReason::kEos) r.tokens.pop_back();
+      expected.push_back(r.tokens);
+    }
+  }
+  const std::vector<std::vector<int32_t>> full = EngineGreedy(prompts, 10);
+  ASSERT_NE(expected, full);  // the map changes answers, so the comparison below means something
+
+  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), 3));
+  auto stub = Client(*cluster);
+  auto admin = v1::RouterAdmin::NewStub(grpc::CreateChannel(cluster->address(), grpc::InsecureChannelCredentials()));
+  auto load = [&](const std::string& path, v1::ExpertMapInfo* info) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(kCallDeadline));
+    v1::LoadExpertMapRequest req;
+    req.set_path(path);
+    return admin->LoadExpertMap(&ctx, req, info);
+  };
+  auto complete = [&](const std::vector<int32_t>& prompt, const std::string& task, v1::GenerateResponse* r) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(kCallDeadline));
+    v1::GenerateRequest req = Request(prompt, 10);
+    req.set_task(task);
+    return stub->Complete(&ctx, req, r);
+  };
+  v1::GenerateResponse r;
+  EXPECT_EQ(complete(prompts[0], "t-uncurl-p2", &r).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::ExpertMapInfo info;
+  const grpc::Status loaded = load(map_dir, &info);
+  ASSERT_TRUE(loaded.ok()) << loaded.error_message();
+  EXPECT_EQ(info.name(), "t-uncurl-p2");
+  ASSERT_EQ(info.reachable_experts_size(), 3);
+  for (int64_t n : info.reachable_experts()) EXPECT_EQ(n, 4);
+  EXPECT_EQ(load(map_dir, &info).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_EQ(load((maps_dir / "absent").string(), &info).error_code(), grpc::StatusCode::NOT_FOUND);
+  // A map made for another model (same shapes, other weights) is refused.
+  {
+    const auto other_dir = maps_dir / "other-model";
+    RandomCheckpointOptions o;
+    o.num_layers = 3;
+    o.hidden_size = 64;
+    o.tokenizer = false;
+    o.max_position_embeddings = 512;
+    o.seed = 99;
+    ASSERT_THAT(WriteRandomCheckpoint((other_dir / "model").string(), o), IsOk());
+    MakeUncurlMap((other_dir / "model").string(), "other", prompts, (other_dir / "map").string());
+    const grpc::Status refused = load((other_dir / "map").string(), &info);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(refused.error_message().find("another model"), std::string::npos) << refused.error_message();
+  }
+
+  // Served through the map: the engine's answers, and no token leaves the map's home worker.
+  int64_t map_bytes = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(complete(prompts[i], "t-uncurl-p2", &r).ok());
+    EXPECT_EQ(std::vector<int32_t>(r.token_ids().begin(), r.token_ids().end()), expected[i]) << i;
+    map_bytes += r.usage().all2all_bytes();
+  }
+  EXPECT_EQ(map_bytes, 0);
+  int64_t full_bytes = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(complete(prompts[i], "", &r).ok());
+    EXPECT_EQ(std::vector<int32_t>(r.token_ids().begin(), r.token_ids().end()), full[i]) << i;
+    full_bytes += r.usage().all2all_bytes();
+  }
+  EXPECT_GT(full_bytes, 0);
+  {
+    grpc::ClientContext ctx;
+    v1::ListExpertMapsResponse list;
+    ASSERT_TRUE(admin->ListExpertMaps(&ctx, {}, &list).ok());
+    ASSERT_EQ(list.maps_size(), 1);
+    EXPECT_EQ(list.maps(0).requests(), static_cast<int64_t>(prompts.size()));
+    EXPECT_GT(list.maps(0).completion_tokens(), 0);
+    grpc::ClientContext info_ctx;
+    v1::ModelInfoResponse model_info;
+    ASSERT_TRUE(stub->ModelInfo(&info_ctx, {}, &model_info).ok());
+    ASSERT_EQ(model_info.tasks_size(), 1);
+    EXPECT_EQ(model_info.tasks(0), "t-uncurl-p2");
+  }
+  auto remove = [&](const std::string& name) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(kCallDeadline));
+    v1::RemoveExpertMapRequest req;
+    req.set_name(name);
+    v1::RemoveExpertMapResponse resp;
+    return admin->RemoveExpertMap(&ctx, req, &resp);
+  };
+  ASSERT_TRUE(remove("t-uncurl-p2").ok());
+  EXPECT_EQ(remove("t-uncurl-p2").error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(complete(prompts[0], "t-uncurl-p2", &r).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_TRUE(complete(prompts[0], "", &r).ok());
+  EXPECT_EQ(std::vector<int32_t>(r.token_ids().begin(), r.token_ids().end()), full[0]);
+  EXPECT_THAT(cluster->Stop(), IsOk());
+  std::filesystem::remove_all(maps_dir);
 }
 
 }  // namespace
