@@ -297,7 +297,7 @@ absl::Status Coordinator::Reconfigure() {
       }
     }
     const LoadedMap* task_map = FindMap(s.spec.task);
-    s.worker = task_map != nullptr ? task_map->home_rank : next_rank++ % ranks;
+    s.worker = task_map != nullptr && task_map->home_rank >= 0 ? task_map->home_rank : next_rank++ % ranks;
     ++it;
   }
   return absl::OkStatus();
@@ -418,7 +418,7 @@ void Coordinator::EngineLoop() {
         budget -= static_cast<int64_t>(s.spec.prompt.size());
         // A task's requests run where its expert map lives. Otherwise the least loaded rank; ties go
         // round-robin, so that light traffic still reaches every worker.
-        if (const LoadedMap* task_map = FindMap(s.spec.task); task_map != nullptr) {
+        if (const LoadedMap* task_map = FindMap(s.spec.task); task_map != nullptr && task_map->home_rank >= 0) {
           s.worker = task_map->home_rank;
           running_.emplace(s.id, std::move(s));
           continue;
@@ -608,14 +608,16 @@ const Coordinator::LoadedMap* Coordinator::FindMap(const std::string& name) cons
 }
 
 void Coordinator::PlaceExpertMaps(ShardMap* map) {
-  std::vector<const ExpertMap*> ordered;
-  for (const LoadedMap& m : expert_maps_) ordered.push_back(&m.map);
+  const bool at_home = options_.placement.task_maps_at_home;
   for (size_t i = 0; i < expert_maps_.size(); ++i) {
     LoadedMap& m = expert_maps_[i];
-    m.home_rank = static_cast<int>(i % static_cast<size_t>(map->num_workers));
+    m.home_rank = at_home ? static_cast<int>(i % static_cast<size_t>(map->num_workers)) : -1;
     for (const LayerExpertMap& lm : m.map.layers) {
       auto& owners = map->owners[lm.layer];
-      for (size_t merged = 0; merged < lm.merged.size(); ++merged) owners.push_back({m.home_rank});
+      for (size_t merged = 0; merged < lm.merged.size(); ++merged) {
+        owners.push_back({at_home ? m.home_rank : static_cast<int>(owners.size() % static_cast<size_t>(map->num_workers))});
+      }
+      if (!at_home) continue;
       for (int32_t target : lm.slot_to_expert) {
         if (target == kNoExpert || target >= config_.num_experts) continue;
         auto& replicas = owners[target];
@@ -633,7 +635,7 @@ v1::ExpertMapInfo Coordinator::MapInfo(const LoadedMap& m) const {
   info.set_pruning_factor(m.map.pruning_factor);
   info.set_path(m.path);
   for (const LayerExpertMap& lm : m.map.layers) info.add_reachable_experts(m.map.ReachableExperts(lm.layer));
-  info.set_home_worker(m.home_rank < static_cast<int>(rank_slot_.size()) ? rank_slot_[m.home_rank] : -1);
+  info.set_home_worker(m.home_rank >= 0 && m.home_rank < static_cast<int>(rank_slot_.size()) ? rank_slot_[m.home_rank] : -1);
   info.set_requests(m.requests);
   info.set_completion_tokens(m.completion_tokens);
   info.set_all2all_bytes(m.all2all_bytes);

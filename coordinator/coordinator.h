@@ -149,14 +149,14 @@ class Coordinator final : public v1::Coordinator::Service {
     std::vector<std::pair<int, std::string>> unreachable;  // rank, and how its call failed
   };
 
-  // A task expert map the cluster serves. Its merged experts live on one worker, its home (map index
-  // modulo the live workers), which also gets a replica of every original expert the map keeps, and
-  // its requests run there: a task's tokens then rarely leave their worker.
+  // A task expert map the cluster serves. With placement.task_maps_at_home its merged experts live on
+  // one worker, its home (map index modulo the live workers), which also gets a replica of every
+  // original expert the map keeps, and its requests run there: a task's tokens then stay on their worker.
   struct LoadedMap {
     ExpertMap map;  // without weights (the workers read those)
     std::string path;
     bool installed = false;  // part of the current shard map
-    int home_rank = 0;
+    int home_rank = -1;  // -1: merged experts spread, requests go anywhere
     int64_t requests = 0, completion_tokens = 0, all2all_bytes = 0;
   };
 

@@ -25,6 +25,9 @@ ABSL_FLAG(int32_t, max_running, 64, "sequences in the running batch");
 ABSL_FLAG(int64_t, max_batch_tokens, 4096, "prompt tokens admitted per step");
 ABSL_FLAG(int32_t, heartbeat_timeout_ms, 1500, "a worker silent this long is dead");
 ABSL_FLAG(double, replicate_above, 0.0, "replicate experts loaded above this multiple of the mean (0 = off)");
+ABSL_FLAG(bool, task_maps_at_home, true,
+          "place each task expert map on one home worker (with replicas of the experts it keeps) and run its "
+          "requests there; false spreads its merged experts over the workers");
 ABSL_FLAG(std::vector<std::string>, expert_maps, {},
           "task expert map directories (moe-prune output) to load once the workers are up; a glob-free comma list");
 ABSL_FLAG(std::string, expert_load, "", "measured expert load for placement (moe-eval --json output, or {\"expert_load\": [[...]]})");
@@ -40,6 +43,7 @@ CoordinatorServerOptions CoordinatorServerOptionsFromFlags() {
   o.coordinator.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
   o.coordinator.heartbeat_timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_heartbeat_timeout_ms));
   o.coordinator.placement.replicate_above = absl::GetFlag(FLAGS_replicate_above);
+  o.coordinator.placement.task_maps_at_home = absl::GetFlag(FLAGS_task_maps_at_home);
   o.host = absl::GetFlag(FLAGS_host);
   o.port = absl::GetFlag(FLAGS_port);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);

@@ -16,6 +16,10 @@ struct PlacementOptions {
   // An expert whose load exceeds this multiple of its layer's mean per-expert load gets one more
   // replica (on the least-loaded other worker). <= 0 disables replication.
   double replicate_above = 0.0;
+  // Task expert maps: true places a map's merged experts (and a replica of each original expert it
+  // keeps) on one home worker, where its requests run, so its tokens stay there; false spreads merged
+  // experts round-robin over the workers like any expert, and its requests go anywhere.
+  bool task_maps_at_home = true;
 };
 
 // Per layer, experts are taken from most to least loaded and each goes to the worker with the least

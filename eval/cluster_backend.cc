@@ -46,6 +46,7 @@ absl::StatusOr<std::vector<std::string>> ClusterBackend::CompleteGreedy(const st
     completion_tokens_ += responses[i].usage().completion_tokens();
     since_last_.all2all_bytes += responses[i].usage().all2all_bytes();
     since_last_.completion_tokens += responses[i].usage().completion_tokens();
+    since_last_.prompt_tokens += responses[i].usage().prompt_tokens();
     out.push_back(responses[i].text());
   }
   return out;

@@ -107,6 +107,19 @@ int Report(const std::vector<moe::TaskResult>& results, double all2all_bytes_per
     sum += r.accuracy();
   }
   std::cout << absl::StrFormat("average accuracy=%.4f\n", sum / static_cast<double>(results.size()));
+  int64_t tokens = 0, processed = 0, bytes = 0;
+  double seconds = 0;
+  for (const moe::TaskResult& r : results) {
+    tokens += r.traffic.completion_tokens;
+    processed += r.traffic.prompt_tokens + r.traffic.completion_tokens;
+    bytes += r.traffic.all2all_bytes;
+    seconds += r.seconds;
+  }
+  std::cout << absl::StrFormat("generated tokens per second=%.1f\n", seconds > 0 ? tokens / seconds : 0.0);
+  // Answers of different lengths change the per-generated-token figure; per processed token does not.
+  if (all2all_bytes_per_token >= 0 && processed > 0) {
+    std::cout << absl::StrFormat("all2all bytes per processed token=%.1f\n", static_cast<double>(bytes) / processed);
+  }
   if (all2all_bytes_per_token >= 0) std::cout << absl::StrFormat("all2all bytes per generated token=%.1f\n", all2all_bytes_per_token);
   if (absl::GetFlag(FLAGS_print_usage)) PrintUsage(results);
   if (!absl::GetFlag(FLAGS_json).empty()) {

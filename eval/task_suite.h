@@ -35,6 +35,7 @@ class CompletionBackend {
   virtual absl::Status BeginTask(const std::string& task) { return absl::OkStatus(); }
   // Generated tokens, and the All2All bytes they moved (0 when unknown), since the last call.
   struct Traffic {
+    int64_t prompt_tokens = 0;
     int64_t completion_tokens = 0;
     int64_t all2all_bytes = 0;
   };
