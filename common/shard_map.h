@@ -37,9 +37,13 @@ struct ShardMap {
     }
     return false;
   }
-  // The replica that serves `token` (spread deterministically over the replicas).
-  int OwnerFor(int64_t layer, int64_t expert, int64_t token) const {
+  // The replica that serves `token` of worker `from`: `from` itself when it holds one (the token then
+  // stays local), else one spread deterministically over the replicas by token.
+  int OwnerFor(int64_t layer, int64_t expert, int64_t token, int from) const {
     const auto& o = owners[layer][expert];
+    for (int w : o) {
+      if (w == from) return w;
+    }
     return o[static_cast<size_t>(token) % o.size()];
   }
 };

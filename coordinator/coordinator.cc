@@ -324,22 +324,20 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Coordinator::Submit(GenerationSpe
   if (!ready_ || stopping_) return absl::UnavailableError("the cluster is not serving (starting or stopping)");
   if (!membership_lost_.ok()) return membership_lost_;
   if (rank_slot_.empty()) return absl::UnavailableError("no live worker (waiting for workers to register)");
-  if (!spec.task.empty()) {
-    LoadedMap* task_map = const_cast<LoadedMap*>(FindMap(spec.task));
-    if (task_map == nullptr) {
-      std::string names;
-      for (const LoadedMap& m : expert_maps_) {
-        if (m.installed) absl::StrAppend(&names, names.empty() ? "" : ", ", m.map.name);
-      }
-      return absl::InvalidArgumentError(absl::StrCat("unknown task '", spec.task, "' (task expert maps loaded: ",
-                                                     names.empty() ? "none" : names, ")"));
+  LoadedMap* task_map = FindMap(spec.task);
+  if (!spec.task.empty() && task_map == nullptr) {
+    std::string names;
+    for (const LoadedMap& m : expert_maps_) {
+      if (m.installed) absl::StrAppend(&names, names.empty() ? "" : ", ", m.map.name);
     }
-    task_map->requests++;
+    return absl::InvalidArgumentError(absl::StrCat("unknown task '", spec.task, "' (task expert maps loaded: ",
+                                                   names.empty() ? "none" : names, ")"));
   }
   if (static_cast<int>(queue_.size()) >= options_.max_queued) {
     metrics_->requests_rejected++;
     return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", options_.max_queued, " waiting)"));
   }
+  if (task_map != nullptr) task_map->requests++;
   Sequence s;
   s.id = next_sequence_id_++;
   s.spec = std::move(spec);
@@ -599,9 +597,9 @@ Coordinator::StepOutcome Coordinator::RunStep() {
 
 // ---- Task expert maps -----------------------------------------------------------------------------
 
-const Coordinator::LoadedMap* Coordinator::FindMap(const std::string& name) const {
+Coordinator::LoadedMap* Coordinator::FindMap(const std::string& name) {
   if (name.empty()) return nullptr;
-  for (const LoadedMap& m : expert_maps_) {
+  for (LoadedMap& m : expert_maps_) {
     if (m.map.name == name && m.installed) return &m;
   }
   return nullptr;

@@ -161,8 +161,9 @@ class Coordinator final : public v1::Coordinator::Service {
   };
 
   explicit Coordinator(const CoordinatorOptions& options, ModelConfig config, ModelIdentity identity);
-  const LoadedMap* FindMap(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  v1::ExpertMapInfo MapInfo(const LoadedMap& m) const;
+  // The installed map named `name`; null for "" (the full model) or an unknown name.
+  LoadedMap* FindMap(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  v1::ExpertMapInfo MapInfo(const LoadedMap& m) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Adds every loaded map's merged experts (and home replicas) to a placement of the checkpoint's experts.
   void PlaceExpertMaps(ShardMap* map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 

@@ -137,6 +137,9 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
   attn_.resize(static_cast<size_t>(rows * q_dim));
   ffn_out_.resize(hidden_.size());
 
+  const bool any_task_map =
+      std::any_of(batch.begin(), batch.end(), [](const ForwardInput& in) { return in.slot_routing != nullptr; });
+  if (any_task_map) row_targets_.resize(static_cast<size_t>(rows));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = weights_->layers[l];
     RmsNorm(hidden_.data(), lw.input_norm, rows, normed_.data());
@@ -168,17 +171,15 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
       router_logits_.resize(static_cast<size_t>(rows * c.num_experts));
       MatMul(normed_.data(), rows, lw.moe.router, router_logits_.data(), pool_);
       if (router_observer_) router_observer_(l, router_logits_.data(), rows);
-      bool any_map = false;
-      row_targets_.assign(static_cast<size_t>(rows), nullptr);
-      for (size_t b = 0; b < batch.size(); ++b) {
-        const int32_t* targets = batch[b].slot_routing ? batch[b].slot_routing->LayerTargets(l) : nullptr;
-        if (targets == nullptr) continue;
-        any_map = true;
-        std::fill(row_targets_.begin() + row_start[b], row_targets_.begin() + row_start[b + 1], targets);
+      if (any_task_map) {  // each row routes through its sequence's task map for this layer
+        for (size_t b = 0; b < batch.size(); ++b) {
+          const int32_t* targets = batch[b].slot_routing ? batch[b].slot_routing->LayerTargets(l) : nullptr;
+          std::fill(row_targets_.begin() + row_start[b], row_targets_.begin() + row_start[b + 1], targets);
+        }
       }
       RoutingDecision routing = ComputeRouting(router_logits_.data(), rows, c,
-                                               any_map ? std::span<const int32_t* const>(row_targets_)
-                                                       : std::span<const int32_t* const>());
+                                               any_task_map ? std::span<const int32_t* const>(row_targets_)
+                                                            : std::span<const int32_t* const>());
       for (int32_t e : routing.experts) {
         if (e == kNoExpert) continue;
         if (e >= static_cast<int32_t>(expert_usage_[l].size())) expert_usage_[l].resize(static_cast<size_t>(e) + 1, 0);

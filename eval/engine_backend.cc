@@ -41,7 +41,7 @@ absl::Status EngineBackend::BeginTask(const std::string& task) {
   MOE_ASSIGN_OR_RETURN(ExpertMap map, ReadExpertMap(ForTask(expert_map_pattern_, task), /*with_weights=*/true));
   MOE_ASSIGN_OR_RETURN(ModelIdentity identity, IdentifyModel(*model_->weights().source));
   MOE_RETURN_IF_ERROR(ValidateExpertMap(map, identity, model_->config().top_k));
-  const std::vector<int32_t> base = MergedExpertBaseIds({&map}, model_->config())[0];
+  const std::vector<int32_t> base = MergedExpertBaseIds({&map, 1}, model_->config())[0];
   InstallMergedExperts(map, base, model_->mutable_weights(), nullptr);
   slot_routing_ = ResolveSlotRouting(map, base, model_->config());
   return absl::OkStatus();

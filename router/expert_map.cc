@@ -226,13 +226,13 @@ absl::StatusOr<ExpertMap> ReadExpertMap(const std::string& dir, bool with_weight
   return map;
 }
 
-std::vector<std::vector<int32_t>> MergedExpertBaseIds(const std::vector<const ExpertMap*>& maps,
+std::vector<std::vector<int32_t>> MergedExpertBaseIds(std::span<const ExpertMap> maps,
                                                       const ModelConfig& config) {
   std::vector<int32_t> next(static_cast<size_t>(config.num_layers), static_cast<int32_t>(config.num_experts));
   std::vector<std::vector<int32_t>> base;
-  for (const ExpertMap* map : maps) {
+  for (const ExpertMap& map : maps) {
     base.push_back(next);
-    for (const LayerExpertMap& lm : map->layers) next[lm.layer] += static_cast<int32_t>(lm.merged.size());
+    for (const LayerExpertMap& lm : map.layers) next[lm.layer] += static_cast<int32_t>(lm.merged.size());
   }
   return base;
 }

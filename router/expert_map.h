@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -88,7 +89,7 @@ absl::StatusOr<ExpertMap> ReadExpertMap(const std::string& dir, bool with_weight
 // Expert table ids when `maps` are installed in this order: result[i][layer] is the first table id of
 // map i's merged experts in that layer (num_experts + merged experts of maps before it). Every process
 // computes the same ids from the same ordered list.
-std::vector<std::vector<int32_t>> MergedExpertBaseIds(const std::vector<const ExpertMap*>& maps,
+std::vector<std::vector<int32_t>> MergedExpertBaseIds(std::span<const ExpertMap> maps,
                                                       const ModelConfig& config);
 
 // The map's gate-slot routing with merged experts at `base_ids` (one row of MergedExpertBaseIds).

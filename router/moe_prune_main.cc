@@ -4,7 +4,9 @@
 // For every task it runs --examples training examples (prompt + answer, teacher-forced) through the
 // engine, collects router logits and expert usage per MoE layer, and writes one map directory per method
 // and pruning factor p (E/p experts per layer remain): <out>/<task>-<method>-p<p>, and per --experts-kept
-// K (finer steps than integer p): <out>/<task>-<method>-k<K> (see router/expert_map.h). Exit 1 on bad input.
+// K (finer steps than integer p): <out>/<task>-<method>-k<K> (see router/expert_map.h). Prints one line per
+// map: its groups per layer and "reachable=" the mean distinct experts a token can reach per layer.
+// Exit 1 on bad input.
 #include <iostream>
 #include <map>
 
@@ -148,8 +150,12 @@ int main(int argc, char** argv) {
         const std::string dir = absl::StrCat(absl::GetFlag(FLAGS_out), "/", map.name);
         if (absl::Status s = moe::WriteExpertMap(map, dir, storage); !s.ok()) return Fail(s.ToString());
         std::cout << absl::StrFormat("%s: %d tokens ->", dir, (*stats)[map.layers[0].layer].num_tokens());
-        for (const moe::LayerExpertMap& lm : map.layers) std::cout << " | layer " << lm.layer << ":" << Members(lm);
-        std::cout << "\n";
+        double reachable = 0;
+        for (const moe::LayerExpertMap& lm : map.layers) {
+          std::cout << " | layer " << lm.layer << ":" << Members(lm);
+          reachable += static_cast<double>(map.ReachableExperts(lm.layer));
+        }
+        std::cout << absl::StrFormat(" | reachable=%.2f\n", reachable / static_cast<double>(map.layers.size()));
       }
     }
   }

@@ -221,7 +221,7 @@ TEST_F(ExpertMapTest, ServingThroughAMapRoutesToTheMergedExpertsAndNeverToDroppe
   Model model(std::move(*weights), &pool_);
   const ModelConfig& c = model.config();
   const ExpertMap copy = CopyMap();
-  const auto base = MergedExpertBaseIds({&copy}, c);
+  const auto base = MergedExpertBaseIds({&copy, 1}, c);
   EXPECT_THAT(base[0], ElementsAre(8, 8));
   InstallMergedExperts(copy, base[0], model.mutable_weights(), nullptr);
   const SlotRouting routing = ResolveSlotRouting(copy, base[0], c);

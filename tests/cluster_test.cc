@@ -519,7 +519,7 @@ TEST(ClusterRouterTest, TaskExpertMapsAreLoadedServedLocallyAndRemovedWithoutARe
     MOE_ASSERT_OK_AND_ASSIGN(auto weights, LoadModelWeights(std::move(source), {}, &pool));
     Model model(std::move(weights), &pool);
     MOE_ASSERT_OK_AND_ASSIGN(ExpertMap with_weights, ReadExpertMap(map_dir, true));
-    const auto base = MergedExpertBaseIds({&with_weights}, model.config())[0];
+    const auto base = MergedExpertBaseIds({&with_weights, 1}, model.config())[0];
     InstallMergedExperts(with_weights, base, model.mutable_weights(), nullptr);
     const SlotRouting routing = ResolveSlotRouting(with_weights, base, model.config());
     std::vector<GenerationRequest> requests;

@@ -63,10 +63,7 @@ absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const R
       int32_t n = 0;
       for (int64_t j = 0; j < k; ++j) {
         const int32_t e = routing.experts[t * k + j];
-        if (e == kNoExpert) continue;
-        // A replica here serves the token without crossing the network; otherwise the replicas share it.
-        const int owner = shard_map_->Owns(me, layer, e) ? me : shard_map_->OwnerFor(layer, e, t);
-        if (owner != dest) continue;
+        if (e == kNoExpert || shard_map_->OwnerFor(layer, e, t, me) != dest) continue;
         experts[n] = e;
         weights[n] = routing.weights[t * k + j];
         ++n;

@@ -107,7 +107,12 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
   load.owns_expert = [m, me](int64_t layer, int64_t expert) { return m->Owns(me, layer, expert); };
   auto weights = LoadModelWeights(source_, load, pool_.get());
   if (!weights.ok()) return ToGrpcStatus(weights.status());
-  size_t expert_bytes = 0;
+  const auto base_ids = MergedExpertBaseIds(maps, config);
+  for (size_t i = 0; i < maps.size(); ++i) {
+    InstallMergedExperts(maps[i], base_ids[i], weights->get(), load.owns_expert);
+    shard->expert_maps[maps[i].name] = ResolveSlotRouting(maps[i], base_ids[i], config);
+  }
+  size_t expert_bytes = 0;  // the checkpoint's experts and task maps' merged experts held here
   for (const LayerWeights& l : (*weights)->layers) {
     for (const FfnWeights& e : l.moe.experts) expert_bytes += e.size_bytes();
   }
@@ -119,16 +124,6 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
   } else {
     grpc_exchange = std::make_shared<GrpcExchange>(me, shard->map.epoch, shard->map.worker_addresses, options_.exchange_timeout);
     shard->exchange = grpc_exchange;
-  }
-  std::vector<const ExpertMap*> ordered;
-  for (const ExpertMap& m : maps) ordered.push_back(&m);
-  const auto base_ids = MergedExpertBaseIds(ordered, config);
-  for (size_t i = 0; i < maps.size(); ++i) {
-    InstallMergedExperts(maps[i], base_ids[i], weights->get(), load.owns_expert);
-    shard->expert_maps[maps[i].name] = ResolveSlotRouting(maps[i], base_ids[i], config);
-  }
-  for (const LayerWeights& l : (*weights)->layers) {
-    for (size_t e = static_cast<size_t>(config.num_experts); e < l.moe.experts.size(); ++e) expert_bytes += l.moe.experts[e].size_bytes();
   }
   shard->dispatcher = std::make_unique<DistributedExpertDispatcher>(weights->get(), &shard->map, shard->exchange.get(),
                                                                     pool_.get());
