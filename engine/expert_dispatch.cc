@@ -75,8 +75,9 @@ void RunFfn(const FfnWeights& w, const float* x, int64_t rows, float* out, std::
   MatMul(act, rows, w.down, out, pool);
 }
 
-absl::Status LocalExpertDispatcher::DispatchCombine(int64_t layer, const RoutingDecision& routing, const float* x,
-                                                    float* out) {
+absl::StatusOr<bool> LocalExpertDispatcher::DispatchCombine(const MoeCall& call, const RoutingDecision& routing,
+                                                            const float* x, float* out) {
+  const int64_t layer = call.layer;
   const ModelConfig& c = weights_->config();
   const MoeWeights& moe = weights_->layers[layer].moe;
   const int64_t h = c.hidden_size, slots = routing.num_tokens * routing.top_k;
@@ -114,7 +115,7 @@ absl::Status LocalExpertDispatcher::DispatchCombine(int64_t layer, const Routing
       AddProduct(routing.weights[s], expert_out_.data() + i * h, out + (s / routing.top_k) * h, h);
     }
   }
-  return absl::OkStatus();
+  return call.pass == 0 && call.wants_repeat;
 }
 
 }  // namespace moe

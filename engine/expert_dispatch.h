@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "checkpoint/model_config.h"
 #include "common/thread_pool.h"
 #include "engine/model_weights.h"
@@ -49,19 +50,32 @@ RoutingDecision ComputeRouting(const float* router_logits, int64_t num_tokens, c
 void RunFfn(const FfnWeights& w, const float* x, int64_t rows, float* out, std::vector<float>* scratch,
             ThreadPool* pool);
 
+// One run of a MoE layer within a step. Pass 0 is the layer's first run (every participant enters it,
+// with zero tokens if all its sequences skip the layer); pass 1 runs it again for the sequences whose
+// layer path repeats it, and happens only when some participant asked for it in pass 0.
+struct MoeCall {
+  int64_t layer = 0;
+  int pass = 0;
+  bool wants_repeat = false;  // pass 0: this process has sequences that repeat `layer`
+};
+
 class ExpertDispatcher {
  public:
   virtual ~ExpertDispatcher() = default;
   // out[t] = sum_j routing.weights[t, j] * Expert_{routing.experts[t, j]}(x[t]) for every token t of
-  // `layer`; x and out are [num_tokens, hidden]; out is overwritten. Called from the engine thread.
-  virtual absl::Status DispatchCombine(int64_t layer, const RoutingDecision& routing, const float* x, float* out) = 0;
+  // call.layer; x and out are [num_tokens, hidden]; out is overwritten. Called from the engine thread.
+  // Returns whether any participant wants a pass 1 of this layer (always false for pass 1), so that
+  // every participant enters the same collectives.
+  virtual absl::StatusOr<bool> DispatchCombine(const MoeCall& call, const RoutingDecision& routing, const float* x,
+                                               float* out) = 0;
 };
 
 // Runs every expert in this process. REQUIRES: weights holds every expert.
 class LocalExpertDispatcher : public ExpertDispatcher {
  public:
   LocalExpertDispatcher(const ModelWeights* weights, ThreadPool* pool) : weights_(weights), pool_(pool) {}
-  absl::Status DispatchCombine(int64_t layer, const RoutingDecision& routing, const float* x, float* out) override;
+  absl::StatusOr<bool> DispatchCombine(const MoeCall& call, const RoutingDecision& routing, const float* x,
+                                       float* out) override;
 
  private:
   const ModelWeights* weights_;

@@ -12,7 +12,17 @@
 namespace moe {
 
 KvCache::KvCache(const ModelConfig& c)
-    : kv_dim_(c.num_kv_heads * c.head_dim), keys_(static_cast<size_t>(c.num_layers)), values_(keys_.size()) {}
+    : kv_dim_(c.num_kv_heads * c.head_dim),
+      num_layers_(c.num_layers),
+      keys_(static_cast<size_t>(c.num_layers * kMaxLayerPasses)),
+      values_(keys_.size()) {}
+
+absl::Status KvCache::SetLayerPath(LayerPath path) {
+  if (length_ > 0) return absl::FailedPreconditionError("a layer path can only be set before the first token");
+  MOE_RETURN_IF_ERROR(ValidateLayerPath(path, num_layers_));
+  layer_path_ = std::move(path);
+  return absl::OkStatus();
+}
 
 Model::Model(std::unique_ptr<ModelWeights> weights, ThreadPool* pool, ExpertDispatcher* dispatcher)
     : weights_(std::move(weights)), pool_(pool) {
@@ -60,7 +70,7 @@ void Model::ApplyRope(float* vec, int64_t num_heads, int64_t position) const {
   }
 }
 
-void Model::Attention(int64_t layer, std::span<const ForwardInput> batch, const std::vector<int64_t>& row_start,
+void Model::Attention(size_t slot, std::span<const ForwardInput> batch, const std::vector<int64_t>& row_start,
                       const std::vector<int64_t>& past, const float* qkv, float* out) {
   const ModelConfig& c = config();
   const int64_t d = c.head_dim, q_dim = c.num_heads * d, kv_dim = c.num_kv_heads * d;
@@ -73,8 +83,8 @@ void Model::Attention(int64_t layer, std::span<const ForwardInput> batch, const 
       const int64_t b = item / c.num_heads, head = item % c.num_heads, kv_head = head / group;
       const KvCache& cache = *batch[b].cache;
       const int64_t n_new = static_cast<int64_t>(batch[b].tokens.size());
-      const float* keys = cache.keys_[layer].data() + kv_head * d;
-      const float* values = cache.values_[layer].data() + kv_head * d;
+      const float* keys = cache.keys_[slot].data() + kv_head * d;
+      const float* values = cache.values_[slot].data() + kv_head * d;
       for (int64_t i = 0; i < n_new; ++i) {
         const int64_t pos = past[b] + i;  // the cache already holds this step's keys up to pos
         const int64_t first = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
@@ -97,10 +107,86 @@ void Model::Attention(int64_t layer, std::span<const ForwardInput> batch, const 
   pool_->ParallelFor(work_items, run);
 }
 
-absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> batch) {
+absl::StatusOr<bool> Model::RunLayer(int64_t l, int pass, bool wants_repeat, std::span<const ForwardInput> batch,
+                                     const std::vector<int64_t>& row_start, const std::vector<int64_t>& past,
+                                     float* hidden) {
   const ModelConfig& c = config();
   const int64_t h = c.hidden_size, d = c.head_dim;
   const int64_t q_dim = c.num_heads * d, kv_dim = c.num_kv_heads * d, qkv_dim = q_dim + 2 * kv_dim;
+  const int64_t rows = row_start.back();
+  const size_t slot = KvCache::Slot(l, pass);
+  normed_.resize(static_cast<size_t>(rows * h));
+  qkv_.resize(static_cast<size_t>(rows * qkv_dim));
+  attn_.resize(static_cast<size_t>(rows * q_dim));
+  ffn_out_.resize(static_cast<size_t>(rows * h));
+
+  const LayerWeights& lw = weights_->layers[l];
+  RmsNorm(hidden, lw.input_norm, rows, normed_.data());
+  MatMul(normed_.data(), rows, lw.attention.qkv, qkv_.data(), pool_);
+  for (size_t b = 0; b < batch.size(); ++b) {
+    KvCache& cache = *batch[b].cache;
+    const int64_t n = static_cast<int64_t>(batch[b].tokens.size());
+    auto& keys = cache.keys_[slot];
+    auto& values = cache.values_[slot];
+    keys.resize(static_cast<size_t>((past[b] + n) * kv_dim));
+    values.resize(keys.size());
+    for (int64_t i = 0; i < n; ++i) {
+      float* row = qkv_.data() + (row_start[b] + i) * qkv_dim;
+      if (!lw.attention.qkv_bias.empty()) Axpy(1.0f, lw.attention.qkv_bias.data(), row, qkv_dim);
+      const int64_t pos = past[b] + i;
+      ApplyRope(row, c.num_heads, pos);
+      ApplyRope(row + q_dim, c.num_kv_heads, pos);
+      std::memcpy(keys.data() + pos * kv_dim, row + q_dim, sizeof(float) * static_cast<size_t>(kv_dim));
+      std::memcpy(values.data() + pos * kv_dim, row + q_dim + kv_dim, sizeof(float) * static_cast<size_t>(kv_dim));
+    }
+  }
+  Attention(slot, batch, row_start, past, qkv_.data(), attn_.data());
+  MatMul(attn_.data(), rows, q_dim, lw.attention.o, hidden, h, /*accumulate=*/true, pool_);
+
+  RmsNorm(hidden, lw.post_attention_norm, rows, normed_.data());
+  bool any_repeat = pass == 0 && wants_repeat;
+  if (!lw.is_moe) {
+    RunFfn(lw.dense, normed_.data(), rows, ffn_out_.data(), &scratch_, pool_);
+  } else {
+    router_logits_.resize(static_cast<size_t>(rows * c.num_experts));
+    MatMul(normed_.data(), rows, lw.moe.router, router_logits_.data(), pool_);
+    if (router_observer_) router_observer_(l, router_logits_.data(), rows);
+    const bool any_task_map =
+        std::any_of(batch.begin(), batch.end(), [](const ForwardInput& in) { return in.slot_routing != nullptr; });
+    if (any_task_map) {  // each row routes through its sequence's task map for this layer
+      row_targets_.resize(static_cast<size_t>(rows));
+      for (size_t b = 0; b < batch.size(); ++b) {
+        const int32_t* targets = batch[b].slot_routing ? batch[b].slot_routing->LayerTargets(l) : nullptr;
+        std::fill(row_targets_.begin() + row_start[b], row_targets_.begin() + row_start[b + 1], targets);
+      }
+    }
+    RoutingDecision routing = ComputeRouting(router_logits_.data(), rows, c,
+                                             any_task_map ? std::span<const int32_t* const>(row_targets_)
+                                                          : std::span<const int32_t* const>());
+    for (int32_t e : routing.experts) {
+      if (e == kNoExpert) continue;
+      if (e >= static_cast<int32_t>(expert_usage_[l].size())) expert_usage_[l].resize(static_cast<size_t>(e) + 1, 0);
+      ++expert_usage_[l][e];
+    }
+    MOE_ASSIGN_OR_RETURN(any_repeat, dispatcher_->DispatchCombine({l, pass, wants_repeat}, routing, normed_.data(),
+                                                                  ffn_out_.data()));
+    if (lw.moe.shared_expert.loaded()) {
+      shared_out_.resize(static_cast<size_t>(rows * h));
+      shared_gate_.resize(static_cast<size_t>(rows));
+      RunFfn(lw.moe.shared_expert, normed_.data(), rows, shared_out_.data(), &scratch_, pool_);
+      MatMul(normed_.data(), rows, lw.moe.shared_expert_gate, shared_gate_.data(), pool_);
+      for (int64_t r = 0; r < rows; ++r) {
+        Axpy(1.0f / (1.0f + std::exp(-shared_gate_[r])), shared_out_.data() + r * h, ffn_out_.data() + r * h, h);
+      }
+    }
+  }
+  Axpy(1.0f, ffn_out_.data(), hidden, rows * h);
+  return any_repeat;
+}
+
+absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> batch) {
+  const ModelConfig& c = config();
+  const int64_t h = c.hidden_size;
 
   std::vector<int64_t> row_start(batch.size() + 1, 0);
   int64_t logit_rows = 0;
@@ -124,6 +210,15 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
   std::vector<int64_t> past(batch.size());  // cache lengths before this step
   for (size_t b = 0; b < batch.size(); ++b) past[b] = batch[b].cache->length();
 
+  // Each input's layer path: its cache's, or decided layer by layer below by its policy (first step only).
+  std::vector<LayerPath> paths(batch.size());
+  std::vector<bool> deciding(batch.size(), false);
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const KvCache& cache = *batch[b].cache;
+    deciding[b] = batch[b].layer_policy != nullptr && cache.length() == 0 && cache.layer_path().empty();
+    paths[b] = cache.layer_path().empty() ? LayerPath(static_cast<size_t>(c.num_layers), kRunLayer) : cache.layer_path();
+  }
+
   hidden_.resize(static_cast<size_t>(rows * h));
   for (size_t b = 0; b < batch.size(); ++b) {
     for (size_t i = 0; i < batch[b].tokens.size(); ++i) {
@@ -132,73 +227,62 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
       for (int64_t k = 0; k < h; ++k) dst[k] = LoadAsFloat(weights_->embedding.data, weights_->embedding.dtype, base + k);
     }
   }
-  normed_.resize(hidden_.size());
-  qkv_.resize(static_cast<size_t>(rows * qkv_dim));
-  attn_.resize(static_cast<size_t>(rows * q_dim));
-  ffn_out_.resize(hidden_.size());
 
-  const bool any_task_map =
-      std::any_of(batch.begin(), batch.end(), [](const ForwardInput& in) { return in.slot_routing != nullptr; });
-  if (any_task_map) row_targets_.resize(static_cast<size_t>(rows));
+  std::vector<ForwardInput> pass_batch;
+  std::vector<size_t> pass_members;
+  std::vector<int64_t> pass_row_start, pass_past;
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& lw = weights_->layers[l];
-    RmsNorm(hidden_.data(), lw.input_norm, rows, normed_.data());
-    MatMul(normed_.data(), rows, lw.attention.qkv, qkv_.data(), pool_);
+    bool wants_repeat = false;
     for (size_t b = 0; b < batch.size(); ++b) {
-      KvCache& cache = *batch[b].cache;
-      const int64_t n = static_cast<int64_t>(batch[b].tokens.size());
-      auto& keys = cache.keys_[l];
-      auto& values = cache.values_[l];
-      keys.resize(static_cast<size_t>((past[b] + n) * kv_dim));
-      values.resize(keys.size());
-      for (int64_t i = 0; i < n; ++i) {
-        float* row = qkv_.data() + (row_start[b] + i) * qkv_dim;
-        if (!lw.attention.qkv_bias.empty()) Axpy(1.0f, lw.attention.qkv_bias.data(), row, qkv_dim);
-        const int64_t pos = past[b] + i;
-        ApplyRope(row, c.num_heads, pos);
-        ApplyRope(row + q_dim, c.num_kv_heads, pos);
-        std::memcpy(keys.data() + pos * kv_dim, row + q_dim, sizeof(float) * static_cast<size_t>(kv_dim));
-        std::memcpy(values.data() + pos * kv_dim, row + q_dim + kv_dim, sizeof(float) * static_cast<size_t>(kv_dim));
+      if (deciding[b]) {
+        const int runs = batch[b].layer_policy->Decide(l, hidden_.data() + row_start[b] * h, row_start[b + 1] - row_start[b]);
+        if (runs < kSkipLayer || runs > kRepeatLayer) {
+          return absl::InternalError(absl::StrCat("layer policy chose ", runs, " runs of layer ", l));
+        }
+        paths[b][l] = static_cast<uint8_t>(runs);
       }
+      wants_repeat |= paths[b][l] == kRepeatLayer;
     }
-    Attention(l, batch, row_start, past, qkv_.data(), attn_.data());
-    MatMul(attn_.data(), rows, q_dim, lw.attention.o, hidden_.data(), h, /*accumulate=*/true, pool_);
-
-    RmsNorm(hidden_.data(), lw.post_attention_norm, rows, normed_.data());
-    if (!lw.is_moe) {
-      RunFfn(lw.dense, normed_.data(), rows, ffn_out_.data(), &scratch_, pool_);
-    } else {
-      router_logits_.resize(static_cast<size_t>(rows * c.num_experts));
-      MatMul(normed_.data(), rows, lw.moe.router, router_logits_.data(), pool_);
-      if (router_observer_) router_observer_(l, router_logits_.data(), rows);
-      if (any_task_map) {  // each row routes through its sequence's task map for this layer
-        for (size_t b = 0; b < batch.size(); ++b) {
-          const int32_t* targets = batch[b].slot_routing ? batch[b].slot_routing->LayerTargets(l) : nullptr;
-          std::fill(row_targets_.begin() + row_start[b], row_targets_.begin() + row_start[b + 1], targets);
+    bool repeat_agreed = false;
+    for (int pass = 0; pass < kMaxLayerPasses; ++pass) {
+      if (pass > 0 && !repeat_agreed) break;
+      pass_members.clear();
+      for (size_t b = 0; b < batch.size(); ++b) {
+        if (paths[b][l] > pass) pass_members.push_back(b);
+      }
+      bool any_repeat = false;
+      if (pass_members.size() == batch.size()) {  // everyone runs this pass: in place
+        MOE_ASSIGN_OR_RETURN(any_repeat, RunLayer(l, pass, wants_repeat, batch, row_start, past, hidden_.data()));
+      } else {  // gather the running sequences' rows, run, scatter back
+        pass_batch.clear();
+        pass_past.clear();
+        pass_row_start.assign(1, 0);
+        for (size_t b : pass_members) {
+          pass_batch.push_back(batch[b]);
+          pass_past.push_back(past[b]);
+          pass_row_start.push_back(pass_row_start.back() + row_start[b + 1] - row_start[b]);
+        }
+        pass_hidden_.resize(static_cast<size_t>(pass_row_start.back() * h));
+        for (size_t i = 0; i < pass_members.size(); ++i) {
+          const size_t b = pass_members[i];
+          std::memcpy(pass_hidden_.data() + pass_row_start[i] * h, hidden_.data() + row_start[b] * h,
+                      sizeof(float) * static_cast<size_t>((row_start[b + 1] - row_start[b]) * h));
+        }
+        MOE_ASSIGN_OR_RETURN(any_repeat, RunLayer(l, pass, wants_repeat, pass_batch, pass_row_start, pass_past,
+                                                  pass_hidden_.data()));
+        for (size_t i = 0; i < pass_members.size(); ++i) {
+          const size_t b = pass_members[i];
+          std::memcpy(hidden_.data() + row_start[b] * h, pass_hidden_.data() + pass_row_start[i] * h,
+                      sizeof(float) * static_cast<size_t>((row_start[b + 1] - row_start[b]) * h));
         }
       }
-      RoutingDecision routing = ComputeRouting(router_logits_.data(), rows, c,
-                                               any_task_map ? std::span<const int32_t* const>(row_targets_)
-                                                            : std::span<const int32_t* const>());
-      for (int32_t e : routing.experts) {
-        if (e == kNoExpert) continue;
-        if (e >= static_cast<int32_t>(expert_usage_[l].size())) expert_usage_[l].resize(static_cast<size_t>(e) + 1, 0);
-        ++expert_usage_[l][e];
-      }
-      MOE_RETURN_IF_ERROR(dispatcher_->DispatchCombine(l, routing, normed_.data(), ffn_out_.data()));
-      if (lw.moe.shared_expert.loaded()) {
-        shared_out_.resize(static_cast<size_t>(rows * h));
-        shared_gate_.resize(static_cast<size_t>(rows));
-        RunFfn(lw.moe.shared_expert, normed_.data(), rows, shared_out_.data(), &scratch_, pool_);
-        MatMul(normed_.data(), rows, lw.moe.shared_expert_gate, shared_gate_.data(), pool_);
-        for (int64_t r = 0; r < rows; ++r) {
-          Axpy(1.0f / (1.0f + std::exp(-shared_gate_[r])), shared_out_.data() + r * h, ffn_out_.data() + r * h, h);
-        }
-      }
+      if (pass == 0) repeat_agreed = any_repeat;
     }
-    Axpy(1.0f, ffn_out_.data(), hidden_.data(), rows * h);
   }
-  for (size_t b = 0; b < batch.size(); ++b) batch[b].cache->length_ = past[b] + static_cast<int64_t>(batch[b].tokens.size());
+  for (size_t b = 0; b < batch.size(); ++b) {
+    batch[b].cache->length_ = past[b] + static_cast<int64_t>(batch[b].tokens.size());
+    if (deciding[b]) batch[b].cache->layer_path_ = std::move(paths[b]);
+  }
 
   // Final norm and LM head for the rows that need logits.
   std::vector<float> selected(static_cast<size_t>(logit_rows * h));

@@ -10,8 +10,10 @@ namespace moe {
 namespace {
 
 // Dispatch record, fixed size per token: int32 n, int32 experts[top_k] (unused: -1), float weights[top_k],
-// float hidden[H]. A message is int32 count followed by `count` records. The combine reply is
-// float[count][H] in the same order.
+// float hidden[H]. A message is a header (int32 count, int32 flags) followed by `count` records. The
+// combine reply is float[count][H] in the same order.
+constexpr size_t kHeaderBytes = 8;
+constexpr int32_t kWantsRepeatFlag = 1;  // the sender has sequences that run this layer again (pass 1)
 struct RecordLayout {
   int64_t top_k, hidden;
   size_t bytes() const { return 4 + 8 * static_cast<size_t>(top_k) + 4 * static_cast<size_t>(hidden); }
@@ -44,18 +46,23 @@ void DistributedExpertDispatcher::BeginStep(uint64_t step_id, int64_t num_tokens
   traffic_.expert_tokens.assign(static_cast<size_t>(c.num_layers * c.num_experts), 0);
 }
 
-absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const RoutingDecision& routing,
-                                                          const float* x, float* out) {
+absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall& call, const RoutingDecision& routing,
+                                                                  const float* x, float* out) {
+  const int64_t layer = call.layer;
   const ModelConfig& c = weights_->config();
   const int me = exchange_->rank(), peers = exchange_->size();
   const RecordLayout rec{c.top_k, c.hidden_size};
   const int64_t h = c.hidden_size, k = routing.top_k;
-  const uint64_t tag_base = step_id_ * 2 * static_cast<uint64_t>(c.num_layers) + 2 * static_cast<uint64_t>(layer);
+  // Two collectives (dispatch, combine) per pass of each layer.
+  constexpr uint64_t kTagsPerLayer = 2 * kMaxLayerPasses;
+  const uint64_t tag_base = (step_id_ * static_cast<uint64_t>(c.num_layers) + static_cast<uint64_t>(layer)) * kTagsPerLayer +
+                            2 * static_cast<uint64_t>(call.pass);
+  const int32_t flags = call.pass == 0 && call.wants_repeat ? kWantsRepeatFlag : 0;
 
   // 1. Plan: for each destination, the tokens it gets and which of their experts it runs.
   std::vector<std::vector<int64_t>> sent_tokens(static_cast<size_t>(peers));
   std::vector<std::string> send(static_cast<size_t>(peers));
-  for (auto& s : send) s.assign(4, '\0');
+  for (auto& s : send) s.assign(kHeaderBytes, '\0');
   std::vector<int32_t> experts(static_cast<size_t>(k));
   std::vector<float> weights(static_cast<size_t>(k));
   for (int64_t t = 0; t < routing.num_tokens; ++t) {
@@ -85,6 +92,7 @@ absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const R
   for (int dest = 0; dest < peers; ++dest) {
     const int32_t count = static_cast<int32_t>(sent_tokens[dest].size());
     std::memcpy(send[dest].data(), &count, 4);
+    std::memcpy(send[dest].data() + 4, &flags, 4);
     if (dest != me) {
       traffic_.per_layer[layer] += static_cast<int64_t>(send[dest].size());
       traffic_.per_peer[dest] += static_cast<int64_t>(send[dest].size());
@@ -98,17 +106,23 @@ absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const R
   const MoeWeights& moe = weights_->layers[layer].moe;
   const int64_t table = static_cast<int64_t>(moe.experts.size());
   std::vector<int32_t> counts(static_cast<size_t>(peers));
+  bool any_repeat = false;
   struct Slot { int from; int32_t row; float weight; };
   std::vector<std::vector<Slot>> by_expert(static_cast<size_t>(table));
   for (int from = 0; from < peers; ++from) {
     const std::string& m = recv[from];
-    if (m.size() < 4) return absl::DataLossError(absl::StrCat("layer ", layer, ": short dispatch message from worker ", from));
+    if (m.size() < kHeaderBytes) {
+      return absl::DataLossError(absl::StrCat("layer ", layer, ": short dispatch message from worker ", from));
+    }
     counts[from] = ReadAt<int32_t>(m, 0);
-    if (counts[from] < 0 || m.size() != 4 + static_cast<size_t>(counts[from]) * rec.bytes()) {
+    const int32_t peer_flags = ReadAt<int32_t>(m, 4);
+    if (counts[from] < 0 || m.size() != kHeaderBytes + static_cast<size_t>(counts[from]) * rec.bytes() ||
+        (peer_flags & ~kWantsRepeatFlag) != 0 || (call.pass > 0 && peer_flags != 0)) {
       return absl::DataLossError(absl::StrCat("layer ", layer, ": malformed dispatch message from worker ", from));
     }
+    any_repeat |= (peer_flags & kWantsRepeatFlag) != 0;
     for (int32_t row = 0; row < counts[from]; ++row) {
-      const size_t base = 4 + static_cast<size_t>(row) * rec.bytes();
+      const size_t base = kHeaderBytes + static_cast<size_t>(row) * rec.bytes();
       const int32_t n = ReadAt<int32_t>(m, base);
       if (n < 1 || n > k) return absl::DataLossError(absl::StrCat("layer ", layer, ": bad expert count from worker ", from));
       for (int32_t j = 0; j < n; ++j) {
@@ -132,7 +146,7 @@ absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const R
     gathered_.resize(static_cast<size_t>(n * h));
     expert_out_.resize(gathered_.size());
     for (int64_t i = 0; i < n; ++i) {
-      const size_t base = 4 + static_cast<size_t>(slots[i].row) * rec.bytes() + 4 + 8 * static_cast<size_t>(k);
+      const size_t base = kHeaderBytes + static_cast<size_t>(slots[i].row) * rec.bytes() + 4 + 8 * static_cast<size_t>(k);
       std::memcpy(gathered_.data() + i * h, recv[slots[i].from].data() + base, sizeof(float) * static_cast<size_t>(h));
     }
     RunFfn(moe.experts[e], gathered_.data(), n, expert_out_.data(), &scratch_, pool_);
@@ -160,7 +174,7 @@ absl::Status DistributedExpertDispatcher::DispatchCombine(int64_t layer, const R
     const float* rows = reinterpret_cast<const float*>(results[from].data());
     for (size_t i = 0; i < tokens.size(); ++i) Axpy(1.0f, rows + i * h, out + tokens[i] * h, h);
   }
-  return absl::OkStatus();
+  return any_repeat;
 }
 
 }  // namespace moe

@@ -1,7 +1,8 @@
 // ExpertDispatcher that runs expert parallelism over an Exchange: for each MoE layer, every worker
 // sends each token (once per destination, with the experts and weights it needs there) to the owners
 // of its top-k experts, computes the experts it owns for everyone's tokens, and sends the weighted sums
-// back. Every worker enters both collectives of every MoE layer, with zero tokens if it has none.
+// back. Every worker enters both collectives of every MoE layer, with zero tokens if it has none; the
+// dispatch message says whether its sender wants a repeat pass of the layer, so that all agree on one.
 #ifndef MOE_WORKER_DISTRIBUTED_DISPATCHER_H_
 #define MOE_WORKER_DISTRIBUTED_DISPATCHER_H_
 
@@ -10,6 +11,7 @@
 
 #include "common/shard_map.h"
 #include "engine/expert_dispatch.h"
+#include "engine/layer_path.h"
 #include "exchange/exchange.h"
 
 namespace moe {
@@ -32,7 +34,8 @@ class DistributedExpertDispatcher : public ExpertDispatcher {
   void BeginStep(uint64_t step_id, int64_t num_tokens);
   const StepTraffic& traffic() const { return traffic_; }
 
-  absl::Status DispatchCombine(int64_t layer, const RoutingDecision& routing, const float* x, float* out) override;
+  absl::StatusOr<bool> DispatchCombine(const MoeCall& call, const RoutingDecision& routing, const float* x,
+                                       float* out) override;
 
  private:
   const ModelWeights* weights_;

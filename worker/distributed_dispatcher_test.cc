@@ -45,6 +45,8 @@ class ShardedLogitsTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ShardedLogitsTest, ShardedWorkersReproduceTheSingleProcessLogits) {
   const std::vector<std::vector<int32_t>> prompts = {{1, 5, 9, 33}, {1, 200, 3, 4, 5, 6, 7}, {1}, {1, 44, 45}, {1, 7, 7, 7, 8}};
+  // Layer paths differ per worker, so workers must agree on the repeat passes some of them ask for.
+  const std::vector<LayerPath> paths = {{}, {1, 2, 1}, {0, 1, 1}, {}, {1, 0, 2}};
   ThreadPool pool(1);
   MOE_ASSERT_OK_AND_ASSIGN(auto source, ModelSource::Open(Checkpoint()));
   std::shared_ptr<const ModelSource> shared = std::move(source);
@@ -54,6 +56,7 @@ TEST_P(ShardedLogitsTest, ShardedWorkersReproduceTheSingleProcessLogits) {
   std::vector<std::vector<float>> expected;
   for (const auto& p : prompts) {
     auto cache = single.NewCache();
+    ASSERT_THAT(cache->SetLayerPath(paths[expected.size()]), IsOk());
     ForwardInput in{cache.get(), p};
     MOE_ASSERT_OK_AND_ASSIGN(auto logits, single.Forward({&in, 1}));
     expected.push_back(logits);
@@ -84,6 +87,7 @@ TEST_P(ShardedLogitsTest, ShardedWorkersReproduceTheSingleProcessLogits) {
         int64_t rows = 0;
         for (size_t i = w; i < prompts.size(); i += workers) {
           caches.push_back(model.NewCache());
+          status[w] = caches.back()->SetLayerPath(paths[i]);
           inputs.push_back({caches.back().get(), prompts[i]});
           rows += static_cast<int64_t>(prompts[i].size());
         }
