@@ -29,8 +29,9 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(Model& model, const std::
   std::vector<ForwardInput> inputs;
   for (const GenerationRequest& r : requests) {
     caches.push_back(model.NewCache());
+    MOE_RETURN_IF_ERROR(caches.back()->SetLayerPath(r.layer_path));
     samplers.emplace_back(r.sampling);
-    inputs.push_back({caches.back().get(), r.prompt, false, r.slot_routing});
+    inputs.push_back({caches.back().get(), r.prompt, false, r.slot_routing, r.layer_policy});
     local.prompt_tokens += static_cast<int64_t>(r.prompt.size());
   }
   std::vector<size_t> live(requests.size());
@@ -64,6 +65,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(Model& model, const std::
     inputs.clear();
     for (size_t i : live) inputs.push_back({caches[i].get(), std::span<const int32_t>(&last[i], 1), false, requests[i].slot_routing});
   }
+  for (size_t i = 0; i < requests.size(); ++i) results[i].layer_path = caches[i]->layer_path();
   if (stats != nullptr) *stats = local;
   return results;
 }

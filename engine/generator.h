@@ -17,6 +17,8 @@ struct GenerationRequest {
   SamplingParams sampling;
   bool stop_at_eos = true;
   const SlotRouting* slot_routing = nullptr;  // task expert map; null = full model; must outlive Generate
+  LayerPath layer_path;                        // fixed layer path; empty = decided by layer_policy or none
+  const LayerPathPolicy* layer_policy = nullptr;  // decides the path at prefill; must outlive Generate
 };
 
 enum class FinishReason { kLength, kEos };
@@ -24,6 +26,7 @@ enum class FinishReason { kLength, kEos };
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated tokens only (EOS included when it ended the sequence)
   FinishReason finish = FinishReason::kLength;
+  LayerPath layer_path;  // the path it ran (empty: every layer once)
 };
 
 struct GenerationStats {
@@ -35,7 +38,7 @@ struct GenerationStats {
 };
 
 // Runs every request to completion; results are in request order. INVALID_ARGUMENT for an empty
-// prompt, bad sampling values, max_tokens < 1, or a prompt + max_tokens past the context.
+// prompt, bad sampling values, max_tokens < 1, a prompt + max_tokens past the context, or a bad layer path.
 absl::StatusOr<std::vector<GenerationResult>> Generate(Model& model, const std::vector<GenerationRequest>& requests,
                                                        GenerationStats* stats = nullptr);
 

@@ -46,26 +46,6 @@ absl::StatusOr<ExpertFfn> ReadExpertFfn(const ModelSource& source, int64_t layer
   return f;
 }
 
-absl::StatusOr<ModelIdentity> IdentifyModel(const ModelSource& source) {
-  const ModelConfig& c = source.config();
-  ModelIdentity id{c.model_type, c.num_layers, c.num_experts, c.hidden_size, c.expert_ffn_size, ""};
-  uint64_t hash = 1469598103934665603ull;  // FNV-1a 64 over the gates' float32 bit patterns
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    if (!c.IsMoeLayer(l)) continue;
-    MOE_ASSIGN_OR_RETURN(TensorView gate, source.Tensor(c.RouterGateTensor(l), {c.num_experts, c.hidden_size}));
-    for (float v : ReadFloats(gate)) {
-      uint32_t bits;
-      std::memcpy(&bits, &v, 4);
-      for (int b = 0; b < 4; ++b) {
-        hash ^= (bits >> (8 * b)) & 0xff;
-        hash *= 1099511628211ull;
-      }
-    }
-  }
-  id.router_fingerprint = absl::StrFormat("%016x", hash);
-  return id;
-}
-
 int64_t ExpertMap::ReachableExperts(int64_t layer) const {
   for (const LayerExpertMap& lm : layers) {
     if (lm.layer != layer) continue;
@@ -79,13 +59,7 @@ int64_t ExpertMap::ReachableExperts(int64_t layer) const {
 }
 
 absl::Status ValidateExpertMap(const ExpertMap& map, const ModelIdentity& model, int64_t top_k) {
-  if (!(map.model == model)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "expert map '", map.name, "' was made for another model (", map.model.model_type, ", ", map.model.num_layers,
-        " layers, ", map.model.num_experts, " experts, router fingerprint ", map.model.router_fingerprint,
-        "); this cluster serves ", model.model_type, ", ", model.num_layers, " layers, ", model.num_experts,
-        " experts, router fingerprint ", model.router_fingerprint));
-  }
+  MOE_RETURN_IF_ERROR(CheckSameModel(map.model, model, absl::StrCat("expert map '", map.name, "'")));
   if (map.name.empty()) return Invalid(map, "has no name");
   if (map.layers.empty()) return Invalid(map, "has no layers");
   const int64_t e_count = model.num_experts;
@@ -137,10 +111,7 @@ absl::Status WriteExpertMap(const ExpertMap& map, const std::string& dir, DType 
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   Json manifest = {{"format", kExpertMapFormat}, {"name", map.name}, {"task", map.task}, {"method", map.method},
                    {"experts_kept", map.experts_kept}, {"pruning_factor", map.pruning_factor}};
-  manifest["model"] = {{"model_type", map.model.model_type}, {"num_layers", map.model.num_layers},
-                       {"num_experts", map.model.num_experts}, {"hidden_size", map.model.hidden_size},
-                       {"expert_ffn_size", map.model.expert_ffn_size},
-                       {"router_fingerprint", map.model.router_fingerprint}};
+  manifest["model"] = ModelIdentityToJson(map.model);
   Json layers = Json::array();
   std::vector<TensorSpec> specs;
   std::vector<const std::vector<float>*> sources;
@@ -185,10 +156,7 @@ absl::StatusOr<ExpertMap> ReadExpertMap(const std::string& dir, bool with_weight
     map.method = j.value("method", "");
     map.experts_kept = j.value("experts_kept", int64_t{0});
     map.pruning_factor = j.value("pruning_factor", 1.0);
-    const Json& m = j.at("model");
-    map.model = {m.at("model_type").get<std::string>(), m.at("num_layers").get<int64_t>(),
-                 m.at("num_experts").get<int64_t>(), m.at("hidden_size").get<int64_t>(),
-                 m.at("expert_ffn_size").get<int64_t>(), m.at("router_fingerprint").get<std::string>()};
+    map.model = ModelIdentityFromJson(j.at("model"));
     for (const Json& l : j.at("layers")) {
       LayerExpertMap lm;
       lm.layer = l.at("layer").get<int64_t>();

@@ -25,6 +25,7 @@
 #include "checkpoint/model_source.h"
 #include "engine/expert_dispatch.h"
 #include "engine/model_weights.h"
+#include "router/model_identity.h"
 
 namespace moe {
 
@@ -50,16 +51,6 @@ struct LayerExpertMap {
   std::vector<int32_t> slot_to_expert;  // [num_experts]; see the file comment
   std::vector<MergedExpert> merged;
 };
-
-// What a map was made for; a map is served only on a model with the same identity.
-struct ModelIdentity {
-  std::string model_type;
-  int64_t num_layers = 0, num_experts = 0, hidden_size = 0, expert_ffn_size = 0;
-  std::string router_fingerprint;  // FNV-1a 64 (hex) over every router gate's values
-  bool operator==(const ModelIdentity&) const = default;
-};
-
-absl::StatusOr<ModelIdentity> IdentifyModel(const ModelSource& source);
 
 struct ExpertMap {
   std::string name;    // what requests name in GenerateRequest.task
