@@ -8,6 +8,7 @@
 #include "common/status.h"
 #include "exchange/grpc_exchange.h"
 #include "proto/grpc_util.h"
+#include "router/layer_router.h"
 #include "worker/worker_service.h"
 
 namespace moe {
@@ -29,6 +30,7 @@ RequestHandle::Update RequestHandle::Wait(std::chrono::milliseconds timeout) {
   u.reason = reason_;
   u.status = status_;
   u.all2all_bytes = all2all_bytes_;
+  u.layers_executed = layers_executed_;
   return u;
 }
 
@@ -42,11 +44,12 @@ bool RequestHandle::cancelled() const {
   return cancelled_;
 }
 
-void RequestHandle::Push(int32_t token, int64_t all2all_bytes, v1::FinishReason finish) {
+void RequestHandle::Push(int32_t token, int64_t all2all_bytes, int64_t layers_executed, v1::FinishReason finish) {
   absl::MutexLock lock(&mutex_);
   if (done_) return;
   pending_.push_back(token);
   all2all_bytes_ += all2all_bytes;
+  layers_executed_ += layers_executed;
   if (finish != v1::FINISH_REASON_UNSPECIFIED) {
     done_ = true;
     reason_ = finish;
@@ -194,6 +197,7 @@ absl::Status Coordinator::Reconfigure() {
     std::vector<std::shared_ptr<v1::Worker::Stub>> stubs;
     v1::ShardMapProto proto;
     google::protobuf::RepeatedPtrField<v1::ExpertMapRef> map_refs;
+    google::protobuf::RepeatedPtrField<v1::LayerRouterRef> router_refs;
     ShardMap map;
     {
       absl::MutexLock lock(&mutex_);
@@ -228,6 +232,11 @@ absl::Status Coordinator::Reconfigure() {
         ref->set_name(m.map.name);
         ref->set_path(m.path);
       }
+      for (const LoadedLayerRouter& r : layer_routers_) {
+        v1::LayerRouterRef* ref = router_refs.Add();
+        ref->set_name(r.name);
+        ref->set_path(r.path);
+      }
     }
     std::vector<grpc::Status> status(stubs.size());
     std::vector<std::thread> threads;
@@ -239,6 +248,7 @@ absl::Status Coordinator::Reconfigure() {
         req.set_worker_id(static_cast<int>(rank));
         *req.mutable_shard_map() = proto;
         *req.mutable_expert_maps() = map_refs;
+        *req.mutable_layer_routers() = router_refs;
         v1::LoadShardResponse resp;
         status[rank] = stubs[rank]->LoadShard(&ctx, req, &resp);
       });
@@ -254,13 +264,15 @@ absl::Status Coordinator::Reconfigure() {
       // a rank died) is not the worker's death: report it rather than loop.
       const bool refused = status[rank].error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
                            status[rank].error_code() == grpc::StatusCode::FAILED_PRECONDITION;
-      // A task expert map being added that a worker cannot take is dropped again; the cluster goes on
-      // with the maps it had.
-      const auto pending = std::find_if(expert_maps_.begin(), expert_maps_.end(), [](const LoadedMap& m) { return !m.installed; });
-      if (refused && pending != expert_maps_.end()) {
+      // A task expert map or layer router being added that a worker cannot take is dropped again; the
+      // cluster goes on with what it had.
+      auto not_installed = [](const auto& artifact) { return !artifact.installed; };
+      const bool adding = std::any_of(expert_maps_.begin(), expert_maps_.end(), not_installed) ||
+                          std::any_of(layer_routers_.begin(), layer_routers_.end(), not_installed);
+      if (refused && adding) {
         map_refusal_ = absl::StrCat("worker ", slot, " refused it: ", status[rank].error_message());
-        expert_maps_.erase(std::remove_if(expert_maps_.begin(), expert_maps_.end(), [](const LoadedMap& m) { return !m.installed; }),
-                           expert_maps_.end());
+        std::erase_if(expert_maps_, not_installed);
+        std::erase_if(layer_routers_, not_installed);
         break;
       }
       if (refused) {
@@ -271,6 +283,7 @@ absl::Status Coordinator::Reconfigure() {
     }
     if (!all_loaded) continue;
     for (LoadedMap& m : expert_maps_) m.installed = true;
+    for (LoadedLayerRouter& r : layer_routers_) r.installed = true;
     shard_map_ = std::move(map);
     rank_slot_ = slots;
     metrics_->workers_alive = static_cast<int64_t>(slots.size());
@@ -333,11 +346,25 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Coordinator::Submit(GenerationSpe
     return absl::InvalidArgumentError(absl::StrCat("unknown task '", spec.task, "' (task expert maps loaded: ",
                                                    names.empty() ? "none" : names, ")"));
   }
+  LoadedLayerRouter* layer_router = FindLayerRouter(spec.layer_router);
+  if (!spec.layer_router.empty() && layer_router == nullptr) {
+    std::string names;
+    for (const LoadedLayerRouter& r : layer_routers_) {
+      if (r.installed) absl::StrAppend(&names, names.empty() ? "" : ", ", r.name);
+    }
+    return absl::InvalidArgumentError(absl::StrCat("unknown layer router '", spec.layer_router, "' (loaded: ",
+                                                   names.empty() ? "none" : names, ")"));
+  }
+  if (!(spec.skip_threshold <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("skip_threshold ", spec.skip_threshold, " is outside [0, 1]"));
+  }
+  if (layer_router != nullptr && spec.skip_threshold < 0) spec.skip_threshold = layer_router->skip_threshold;
   if (static_cast<int>(queue_.size()) >= options_.max_queued) {
     metrics_->requests_rejected++;
     return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", options_.max_queued, " waiting)"));
   }
   if (task_map != nullptr) task_map->requests++;
+  if (layer_router != nullptr) layer_router->requests++;
   Sequence s;
   s.id = next_sequence_id_++;
   s.spec = std::move(spec);
@@ -434,8 +461,10 @@ void Coordinator::EngineLoop() {
       metrics_->queue_depth = static_cast<int64_t>(queue_.size());
       metrics_->running = static_cast<int64_t>(running_.size());
       running_tasks_.clear();
+      running_layer_routers_.clear();
       for (const auto& [id, r] : running_) {
         if (!r.spec.task.empty()) running_tasks_[r.spec.task]++;
+        if (!r.spec.layer_router.empty()) running_layer_routers_[r.spec.layer_router]++;
       }
     }
     bool any_release = false;
@@ -492,6 +521,8 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       work->set_top_k(s.spec.sampling.top_k);
       work->set_seed(s.spec.sampling.seed);
       work->set_expert_map(s.spec.task);
+      work->set_layer_router(s.spec.layer_router);
+      work->set_skip_threshold(static_cast<float>(s.spec.skip_threshold));
       s.started = true;
     } else {
       work->add_tokens(s.generated.back());
@@ -548,9 +579,9 @@ Coordinator::StepOutcome Coordinator::RunStep() {
   if (!outcome.status.ok()) return outcome;
   const auto now = Clock::now();
   struct TaskTokens {
-    int64_t tokens = 0, bytes = 0;
+    int64_t tokens = 0, bytes = 0, layers = 0;
   };
-  std::map<std::string, TaskTokens> task_tokens;
+  std::map<std::string, TaskTokens> task_tokens, router_tokens;
   for (int w = 0; w < n; ++w) {
     const v1::StepResponse& resp = calls[w].response;
     std::vector<int64_t> per_slot(static_cast<size_t>(options_.num_workers), 0);
@@ -564,13 +595,18 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       const bool eos = std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(), r.token()) !=
                        config_.eos_token_ids.end();
       const bool last = eos || static_cast<int64_t>(s.generated.size()) + 1 >= s.spec.max_tokens;
-      s.handle->Push(r.token(), r.all2all_bytes(),
+      s.handle->Push(r.token(), r.all2all_bytes(), r.layers_executed(),
                      !last ? v1::FINISH_REASON_UNSPECIFIED : eos ? v1::FINISH_REASON_EOS : v1::FINISH_REASON_LENGTH);
       metrics_->tokens_generated++;
       metrics_->AddTaskToken(s.spec.task, r.all2all_bytes());
+      metrics_->layers_executed += r.layers_executed();
       if (!s.spec.task.empty()) {
         task_tokens[s.spec.task].tokens++;
         task_tokens[s.spec.task].bytes += r.all2all_bytes();
+      }
+      if (!s.spec.layer_router.empty()) {
+        router_tokens[s.spec.layer_router].tokens++;
+        router_tokens[s.spec.layer_router].layers += r.layers_executed();
       }
       const bool first = s.generated.empty();
       (first ? metrics_->ttft_seconds : metrics_->inter_token_seconds)
@@ -583,13 +619,19 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       }
     }
   }
-  if (!task_tokens.empty()) {
+  if (!task_tokens.empty() || !router_tokens.empty()) {
     absl::MutexLock lock(&mutex_);
     for (LoadedMap& m : expert_maps_) {
       auto it = task_tokens.find(m.map.name);
       if (it == task_tokens.end()) continue;
       m.completion_tokens += it->second.tokens;
       m.all2all_bytes += it->second.bytes;
+    }
+    for (LoadedLayerRouter& r : layer_routers_) {
+      auto it = router_tokens.find(r.name);
+      if (it == router_tokens.end()) continue;
+      r.completion_tokens += it->second.tokens;
+      r.layers_executed += it->second.layers;
     }
   }
   return outcome;
@@ -654,27 +696,47 @@ absl::StatusOr<v1::ExpertMapInfo> Coordinator::LoadExpertMap(const std::string& 
     if (m.map.name == name) return absl::AlreadyExistsError(absl::StrCat("an expert map named '", name, "' is loaded"));
   }
   expert_maps_.push_back({std::move(map), path});
+  MOE_ASSIGN_OR_RETURN(const bool installed, AwaitInstalled([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> std::optional<bool> {
+                         for (const LoadedMap& m : expert_maps_) {
+                           if (m.map.name == name) return m.installed ? std::optional<bool>(true) : std::nullopt;
+                         }
+                         return false;
+                       }, timeout));
+  if (!installed) return absl::FailedPreconditionError(absl::StrCat("expert map '", name, "' was not installed: ", map_refusal_));
+  for (const LoadedMap& m : expert_maps_) {
+    if (m.map.name == name) return MapInfo(m);
+  }
+  return absl::InternalError("installed expert map vanished");
+}
+
+absl::StatusOr<bool> Coordinator::AwaitInstalled(const std::function<std::optional<bool>()>& installed,
+                                                 std::chrono::milliseconds timeout) {
   map_refusal_.clear();
   membership_changed_ = true;
   struct Settled {
     const Coordinator* c;
-    const std::string* name;
-    bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
-      if (c->stopping_) return true;
-      for (const LoadedMap& m : c->expert_maps_) {
-        if (m.map.name == *name) return m.installed;
-      }
-      return true;  // dropped: a worker refused it
-    }
-  } settled{this, &name};
+    const std::function<std::optional<bool>()>* installed;
+    bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->stopping_ || (*installed)().has_value(); }
+  } settled{this, &installed};
   if (!mutex_.AwaitWithTimeout(absl::Condition(&settled, &Settled::Ready), absl::FromChrono(timeout))) {
-    return absl::DeadlineExceededError(absl::StrCat("expert map '", name, "' is not installed yet; it still will be"));
-  }
-  for (const LoadedMap& m : expert_maps_) {
-    if (m.map.name == name) return MapInfo(m);
+    return absl::DeadlineExceededError("the workers have not installed it yet; they still will");
   }
   if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
-  return absl::FailedPreconditionError(absl::StrCat("expert map '", name, "' was not installed: ", map_refusal_));
+  return *installed();
+}
+
+absl::Status Coordinator::AwaitNewShardMap(const std::string& what, std::chrono::milliseconds timeout) {
+  membership_changed_ = true;
+  const uint64_t epoch = shard_map_.epoch;
+  struct Replaced {
+    const Coordinator* c;
+    uint64_t epoch;
+    bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->stopping_ || c->shard_map_.epoch > epoch; }
+  } replaced{this, epoch};
+  if (!mutex_.AwaitWithTimeout(absl::Condition(&replaced, &Replaced::Ready), absl::FromChrono(timeout))) {
+    return absl::DeadlineExceededError(absl::StrCat(what, " is removed; the workers have not dropped it yet"));
+  }
+  return absl::OkStatus();
 }
 
 std::vector<v1::ExpertMapInfo> Coordinator::ListExpertMaps() const {
@@ -699,17 +761,75 @@ absl::Status Coordinator::RemoveExpertMap(const std::string& name, std::chrono::
                                                       " queued or running requests; remove it when they are done"));
   }
   expert_maps_.erase(it);
-  membership_changed_ = true;
-  const uint64_t epoch = shard_map_.epoch;
-  struct Replaced {
-    const Coordinator* c;
-    uint64_t epoch;
-    bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->stopping_ || c->shard_map_.epoch > epoch; }
-  } replaced{this, epoch};
-  if (!mutex_.AwaitWithTimeout(absl::Condition(&replaced, &Replaced::Ready), absl::FromChrono(timeout))) {
-    return absl::DeadlineExceededError(absl::StrCat("expert map '", name, "' is removed; the workers have not dropped it yet"));
+  return AwaitNewShardMap(absl::StrCat("expert map '", name, "'"), timeout);
+}
+
+// ---- Layer routers --------------------------------------------------------------------------------
+
+Coordinator::LoadedLayerRouter* Coordinator::FindLayerRouter(const std::string& name) {
+  if (name.empty()) return nullptr;
+  for (LoadedLayerRouter& r : layer_routers_) {
+    if (r.name == name && r.installed) return &r;
   }
-  return absl::OkStatus();
+  return nullptr;
+}
+
+v1::LayerRouterInfo Coordinator::LayerRouterInfo(const LoadedLayerRouter& r) const {
+  v1::LayerRouterInfo info;
+  info.set_name(r.name);
+  info.set_path(r.path);
+  for (const std::string& t : r.tasks) info.add_tasks(t);
+  info.set_skip_threshold(r.skip_threshold);
+  info.set_requests(r.requests);
+  info.set_completion_tokens(r.completion_tokens);
+  info.set_layers_executed(r.layers_executed);
+  return info;
+}
+
+absl::StatusOr<v1::LayerRouterInfo> Coordinator::LoadLayerRouter(const std::string& path,
+                                                                 std::chrono::milliseconds timeout) {
+  MOE_ASSIGN_OR_RETURN(LayerRouter router, ReadLayerRouter(path));
+  MOE_RETURN_IF_ERROR(ValidateLayerRouter(router, identity_));
+  const std::string name = router.name;
+  absl::MutexLock lock(&mutex_);
+  if (!ready_ || stopping_) return absl::UnavailableError("the cluster is not serving (starting or stopping)");
+  for (const LoadedLayerRouter& r : layer_routers_) {
+    if (r.name == name) return absl::AlreadyExistsError(absl::StrCat("a layer router named '", name, "' is loaded"));
+  }
+  layer_routers_.push_back({name, path, router.tasks, router.skip_threshold});
+  MOE_ASSIGN_OR_RETURN(const bool installed, AwaitInstalled([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> std::optional<bool> {
+                         for (const LoadedLayerRouter& r : layer_routers_) {
+                           if (r.name == name) return r.installed ? std::optional<bool>(true) : std::nullopt;
+                         }
+                         return false;
+                       }, timeout));
+  if (!installed) return absl::FailedPreconditionError(absl::StrCat("layer router '", name, "' was not installed: ", map_refusal_));
+  return LayerRouterInfo(*FindLayerRouter(name));
+}
+
+std::vector<v1::LayerRouterInfo> Coordinator::ListLayerRouters() const {
+  absl::MutexLock lock(&mutex_);
+  std::vector<v1::LayerRouterInfo> out;
+  for (const LoadedLayerRouter& r : layer_routers_) {
+    if (r.installed) out.push_back(LayerRouterInfo(r));
+  }
+  return out;
+}
+
+absl::Status Coordinator::RemoveLayerRouter(const std::string& name, std::chrono::milliseconds timeout) {
+  absl::MutexLock lock(&mutex_);
+  auto it = std::find_if(layer_routers_.begin(), layer_routers_.end(), [&](const LoadedLayerRouter& r) { return r.name == name; });
+  if (it == layer_routers_.end()) return absl::NotFoundError(absl::StrCat("no layer router named '", name, "' is loaded"));
+  int64_t users = 0;
+  for (const Sequence& s : queue_) users += s.spec.layer_router == name;
+  auto running = running_layer_routers_.find(name);
+  if (running != running_layer_routers_.end()) users += running->second;
+  if (users > 0) {
+    return absl::FailedPreconditionError(absl::StrCat("layer router '", name, "' is used by ", users,
+                                                      " queued or running requests; remove it when they are done"));
+  }
+  layer_routers_.erase(it);
+  return AwaitNewShardMap(absl::StrCat("layer router '", name, "'"), timeout);
 }
 
 }  // namespace moe

@@ -13,6 +13,8 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
+#include <optional>
 #include <map>
 #include <memory>
 #include <string>
@@ -55,6 +57,8 @@ struct GenerationSpec {
   int64_t max_tokens = 16;
   SamplingParams sampling;
   std::string task;
+  std::string layer_router;     // Dr.LLM layer router name; empty = every layer once
+  double skip_threshold = -1;   // < 0: the router's default
 };
 
 // What the scheduler has produced for one request; shared by the scheduler (producer) and the
@@ -67,6 +71,7 @@ class RequestHandle {
     v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
     absl::Status status;  // not OK when the request failed
     int64_t all2all_bytes = 0;
+    int64_t layers_executed = 0;  // summed over the tokens produced so far
   };
   // Returns what arrived, waiting at most `timeout` for something to arrive.
   Update Wait(std::chrono::milliseconds timeout);
@@ -76,7 +81,8 @@ class RequestHandle {
 
   // Scheduler side. A token that ends the request carries its finish reason, so that no Wait ever sees
   // the final (EOS) token without also seeing the request done.
-  void Push(int32_t token, int64_t all2all_bytes, v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED);
+  void Push(int32_t token, int64_t all2all_bytes, int64_t layers_executed,
+            v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED);
   void Finish(v1::FinishReason reason);
   void Fail(absl::Status status);
 
@@ -88,6 +94,7 @@ class RequestHandle {
   v1::FinishReason reason_ ABSL_GUARDED_BY(mutex_) = v1::FINISH_REASON_UNSPECIFIED;
   absl::Status status_ ABSL_GUARDED_BY(mutex_);
   int64_t all2all_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
+  int64_t layers_executed_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 class Coordinator final : public v1::Coordinator::Service {
@@ -125,6 +132,12 @@ class Coordinator final : public v1::Coordinator::Service {
   // NOT_FOUND, or FAILED_PRECONDITION while a queued or running request uses the map.
   absl::Status RemoveExpertMap(const std::string& name, std::chrono::milliseconds timeout);
 
+  // Dr.LLM layer routers (router admin), installed on the workers like expert maps (under a new shard
+  // map, requests in flight resumed) and with the same errors.
+  absl::StatusOr<v1::LayerRouterInfo> LoadLayerRouter(const std::string& path, std::chrono::milliseconds timeout);
+  std::vector<v1::LayerRouterInfo> ListLayerRouters() const;
+  absl::Status RemoveLayerRouter(const std::string& name, std::chrono::milliseconds timeout);
+
  private:
   struct Sequence {
     uint64_t id = 0;
@@ -160,12 +173,30 @@ class Coordinator final : public v1::Coordinator::Service {
     int64_t requests = 0, completion_tokens = 0, all2all_bytes = 0;
   };
 
+  // A Dr.LLM layer router set the workers hold; requests name it in GenerationSpec.layer_router.
+  struct LoadedLayerRouter {
+    std::string name, path;
+    std::vector<std::string> tasks;
+    double skip_threshold = 0.5;
+    bool installed = false;
+    int64_t requests = 0, completion_tokens = 0, layers_executed = 0;
+  };
+
   explicit Coordinator(const CoordinatorOptions& options, ModelConfig config, ModelIdentity identity);
   // The installed map named `name`; null for "" (the full model) or an unknown name.
   LoadedMap* FindMap(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   v1::ExpertMapInfo MapInfo(const LoadedMap& m) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Adds every loaded map's merged experts (and home replicas) to a placement of the checkpoint's experts.
   void PlaceExpertMaps(ShardMap* map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  LoadedLayerRouter* FindLayerRouter(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  v1::LayerRouterInfo LayerRouterInfo(const LoadedLayerRouter& r) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Router admin plumbing shared by expert maps and layer routers. Waits until `installed` says the
+  // artifact is in (true) or was dropped because a worker refused it (false), or the timeout passes.
+  absl::StatusOr<bool> AwaitInstalled(const std::function<std::optional<bool>()>& installed,
+                                      std::chrono::milliseconds timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Asks for a re-placement and waits until the workers hold a shard map newer than the current one.
+  absl::Status AwaitNewShardMap(const std::string& what, std::chrono::milliseconds timeout)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   // Places the experts on the live workers under a new epoch, loads the shards, and restarts every
   // running sequence on the new map. Retries without workers that fail to load; UNAVAILABLE when no
@@ -192,8 +223,11 @@ class Coordinator final : public v1::Coordinator::Service {
   std::deque<Sequence> queue_ ABSL_GUARDED_BY(mutex_);
   std::vector<LoadedMap> expert_maps_ ABSL_GUARDED_BY(mutex_);  // in install order (fixes merged expert ids)
   std::string map_refusal_ ABSL_GUARDED_BY(mutex_);  // why workers refused the maps not yet installed
-  // Running requests per task expert map, as of the engine loop's last admission (RemoveExpertMap).
+  std::vector<LoadedLayerRouter> layer_routers_ ABSL_GUARDED_BY(mutex_);
+  // Running requests per task expert map and per layer router, as of the engine loop's last admission
+  // (the Remove calls refuse while one is in use).
   std::map<std::string, int64_t> running_tasks_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, int64_t> running_layer_routers_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_sequence_id_ ABSL_GUARDED_BY(mutex_) = 1;
 
   // Owned by the engine loop thread only.

@@ -27,6 +27,14 @@ absl::StatusOr<GenerationSpec> InferenceService::ToSpec(const v1::GenerateReques
     if (s.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
   }
   spec.task = r.task();
+  spec.layer_router = r.layer_router();
+  if (r.has_skip_threshold()) {
+    if (!(r.skip_threshold() >= 0.0f && r.skip_threshold() <= 1.0f)) {
+      return absl::InvalidArgumentError(absl::StrCat("skip_threshold ", r.skip_threshold(), " is outside [0, 1]"));
+    }
+    if (r.layer_router().empty()) return absl::InvalidArgumentError("skip_threshold needs a layer_router");
+    spec.skip_threshold = r.skip_threshold();
+  }
   return spec;
 }
 
@@ -81,6 +89,7 @@ grpc::Status InferenceService::Run(grpc::ServerContext* context, const v1::Gener
       usage->set_prompt_tokens(prompt_tokens);
       usage->set_completion_tokens(static_cast<int64_t>(tokens.size()));
       usage->set_all2all_bytes(u.all2all_bytes);
+      if (!tokens.empty()) usage->set_layers_per_token(static_cast<double>(u.layers_executed) / static_cast<double>(tokens.size()));
     }
     if ((chunk.token_ids_size() > 0 || !chunk.text().empty() || last) && !emit(chunk)) {
       (*handle)->Cancel();

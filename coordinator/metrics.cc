@@ -95,6 +95,10 @@ std::string ClusterMetrics::Render() const {
   counter("moe_requests_total", "Requests accepted.", requests_total.load());
   counter("moe_requests_rejected_total", "Requests refused (invalid or over the limits).", requests_rejected.load());
   counter("moe_generated_tokens_total", "Tokens generated.", tokens_generated.load());
+  counter("moe_layers_executed_total",
+          "Decoder layers run by generated tokens (a skipped layer counts 0, a repeated one 2); divided by "
+          "moe_generated_tokens_total: layers per token.",
+          layers_executed.load());
   counter("moe_prompt_tokens_total", "Prompt tokens prefilled.", prompt_tokens.load());
   counter("moe_engine_steps_total", "Engine steps run.", steps.load());
   counter("moe_queue_depth", "Requests waiting for admission.", queue_depth.load(), "gauge");

@@ -40,6 +40,7 @@ class ClusterMetrics {
   std::atomic<int64_t> requests_total{0};
   std::atomic<int64_t> requests_rejected{0};
   std::atomic<int64_t> tokens_generated{0};
+  std::atomic<int64_t> layers_executed{0};  // decoder layers run by generated tokens (layer routing)
   std::atomic<int64_t> prompt_tokens{0};
   std::atomic<int64_t> queue_depth{0};
   std::atomic<int64_t> running{0};

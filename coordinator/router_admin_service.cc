@@ -24,4 +24,24 @@ grpc::Status RouterAdminService::RemoveExpertMap(grpc::ServerContext*, const v1:
   return ToGrpcStatus(coordinator_->RemoveExpertMap(request->name(), timeout_));
 }
 
+grpc::Status RouterAdminService::LoadLayerRouter(grpc::ServerContext*, const v1::LoadLayerRouterRequest* request,
+                                                 v1::LayerRouterInfo* response) {
+  if (request->path().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "LoadLayerRouter: empty path");
+  auto info = coordinator_->LoadLayerRouter(request->path(), timeout_);
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *response = std::move(*info);
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterAdminService::ListLayerRouters(grpc::ServerContext*, const v1::ListLayerRoutersRequest*,
+                                                  v1::ListLayerRoutersResponse* response) {
+  for (v1::LayerRouterInfo& info : coordinator_->ListLayerRouters()) *response->add_routers() = std::move(info);
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterAdminService::RemoveLayerRouter(grpc::ServerContext*, const v1::RemoveLayerRouterRequest* request,
+                                                   v1::RemoveLayerRouterResponse*) {
+  return ToGrpcStatus(coordinator_->RemoveLayerRouter(request->name(), timeout_));
+}
+
 }  // namespace moe

@@ -1,4 +1,4 @@
-// The RouterAdmin gRPC service: loads, lists and removes task expert maps on a running cluster
+// The RouterAdmin gRPC service: loads, lists and removes task expert maps and layer routers on a running cluster
 // (a thin layer over Coordinator).
 #ifndef MOE_COORDINATOR_ROUTER_ADMIN_SERVICE_H_
 #define MOE_COORDINATOR_ROUTER_ADMIN_SERVICE_H_
@@ -20,6 +20,11 @@ class RouterAdminService final : public v1::RouterAdmin::Service {
   grpc::Status LoadExpertMap(grpc::ServerContext*, const v1::LoadExpertMapRequest*, v1::ExpertMapInfo*) override;
   grpc::Status ListExpertMaps(grpc::ServerContext*, const v1::ListExpertMapsRequest*, v1::ListExpertMapsResponse*) override;
   grpc::Status RemoveExpertMap(grpc::ServerContext*, const v1::RemoveExpertMapRequest*, v1::RemoveExpertMapResponse*) override;
+  grpc::Status LoadLayerRouter(grpc::ServerContext*, const v1::LoadLayerRouterRequest*, v1::LayerRouterInfo*) override;
+  grpc::Status ListLayerRouters(grpc::ServerContext*, const v1::ListLayerRoutersRequest*,
+                                v1::ListLayerRoutersResponse*) override;
+  grpc::Status RemoveLayerRouter(grpc::ServerContext*, const v1::RemoveLayerRouterRequest*,
+                                 v1::RemoveLayerRouterResponse*) override;
 
  private:
   Coordinator* coordinator_;

@@ -57,6 +57,9 @@ struct MoeCall {
   int64_t layer = 0;
   int pass = 0;
   bool wants_repeat = false;  // pass 0: this process has sequences that repeat `layer`
+  // The step-wide row of each token (for per-token accounting) when only some sequences run this
+  // pass; empty: token t is row t.
+  std::span<const int64_t> step_rows;
 };
 
 class ExpertDispatcher {

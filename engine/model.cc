@@ -109,7 +109,7 @@ void Model::Attention(size_t slot, std::span<const ForwardInput> batch, const st
 
 absl::StatusOr<bool> Model::RunLayer(int64_t l, int pass, bool wants_repeat, std::span<const ForwardInput> batch,
                                      const std::vector<int64_t>& row_start, const std::vector<int64_t>& past,
-                                     float* hidden) {
+                                     float* hidden, std::span<const int64_t> step_rows) {
   const ModelConfig& c = config();
   const int64_t h = c.hidden_size, d = c.head_dim;
   const int64_t q_dim = c.num_heads * d, kv_dim = c.num_kv_heads * d, qkv_dim = q_dim + 2 * kv_dim;
@@ -168,7 +168,7 @@ absl::StatusOr<bool> Model::RunLayer(int64_t l, int pass, bool wants_repeat, std
       if (e >= static_cast<int32_t>(expert_usage_[l].size())) expert_usage_[l].resize(static_cast<size_t>(e) + 1, 0);
       ++expert_usage_[l][e];
     }
-    MOE_ASSIGN_OR_RETURN(any_repeat, dispatcher_->DispatchCombine({l, pass, wants_repeat}, routing, normed_.data(),
+    MOE_ASSIGN_OR_RETURN(any_repeat, dispatcher_->DispatchCombine({l, pass, wants_repeat, step_rows}, routing, normed_.data(),
                                                                   ffn_out_.data()));
     if (lw.moe.shared_expert.loaded()) {
       shared_out_.resize(static_cast<size_t>(rows * h));
@@ -252,15 +252,17 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
       }
       bool any_repeat = false;
       if (pass_members.size() == batch.size()) {  // everyone runs this pass: in place
-        MOE_ASSIGN_OR_RETURN(any_repeat, RunLayer(l, pass, wants_repeat, batch, row_start, past, hidden_.data()));
+        MOE_ASSIGN_OR_RETURN(any_repeat, RunLayer(l, pass, wants_repeat, batch, row_start, past, hidden_.data(), {}));
       } else {  // gather the running sequences' rows, run, scatter back
         pass_batch.clear();
         pass_past.clear();
         pass_row_start.assign(1, 0);
+        pass_rows_.clear();
         for (size_t b : pass_members) {
           pass_batch.push_back(batch[b]);
           pass_past.push_back(past[b]);
           pass_row_start.push_back(pass_row_start.back() + row_start[b + 1] - row_start[b]);
+          for (int64_t r = row_start[b]; r < row_start[b + 1]; ++r) pass_rows_.push_back(r);
         }
         pass_hidden_.resize(static_cast<size_t>(pass_row_start.back() * h));
         for (size_t i = 0; i < pass_members.size(); ++i) {
@@ -269,7 +271,7 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
                       sizeof(float) * static_cast<size_t>((row_start[b + 1] - row_start[b]) * h));
         }
         MOE_ASSIGN_OR_RETURN(any_repeat, RunLayer(l, pass, wants_repeat, pass_batch, pass_row_start, pass_past,
-                                                  pass_hidden_.data()));
+                                                  pass_hidden_.data(), pass_rows_));
         for (size_t i = 0; i < pass_members.size(); ++i) {
           const size_t b = pass_members[i];
           std::memcpy(hidden_.data() + row_start[b] * h, pass_hidden_.data() + pass_row_start[i] * h,

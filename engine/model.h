@@ -95,9 +95,10 @@ class Model {
                  const std::vector<int64_t>& past, const float* qkv, float* out);
   // One run (pass) of `layer` over hidden [row_start.back(), hidden_size], in place. Returns whether
   // any participant of the step wants a pass 1 of this layer (see MoeCall).
+  // step_rows: the step-wide row of each of hidden's rows (empty: the same).
   absl::StatusOr<bool> RunLayer(int64_t layer, int pass, bool wants_repeat, std::span<const ForwardInput> batch,
                                 const std::vector<int64_t>& row_start, const std::vector<int64_t>& past,
-                                float* hidden);
+                                float* hidden, std::span<const int64_t> step_rows);
 
   std::unique_ptr<ModelWeights> weights_;
   ThreadPool* pool_;
@@ -109,7 +110,8 @@ class Model {
   std::vector<const int32_t*> row_targets_;
   // Step scratch, reused across calls.
   std::vector<float> hidden_, normed_, qkv_, attn_, ffn_out_, router_logits_, shared_out_, shared_gate_, scratch_;
-  std::vector<float> pass_hidden_;  // rows of the sequences running a pass, when not all do
+  std::vector<float> pass_hidden_;   // rows of the sequences running a pass, when not all do
+  std::vector<int64_t> pass_rows_;   // their step-wide rows
 };
 
 }  // namespace moe

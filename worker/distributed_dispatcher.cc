@@ -86,7 +86,7 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
       Append(&s, weights.data(), static_cast<size_t>(k));
       Append(&s, x + t * h, static_cast<size_t>(h));
       sent_tokens[dest].push_back(t);
-      if (dest != me) traffic_.per_token[t] += static_cast<int64_t>(rec.bytes() + 4 * h);
+      if (dest != me) traffic_.per_token[call.step_rows.empty() ? t : call.step_rows[t]] += static_cast<int64_t>(rec.bytes() + 4 * h);
     }
   }
   for (int dest = 0; dest < peers; ++dest) {

@@ -94,6 +94,19 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
     for (const LayerExpertMap& lm : map->layers) merged_experts[lm.layer] += static_cast<int64_t>(lm.merged.size());
     maps.push_back(std::move(*map));
   }
+  std::map<std::string, LayerRouter> layer_routers;
+  for (const v1::LayerRouterRef& ref : request->layer_routers()) {
+    auto router = ReadLayerRouter(ref.path());
+    if (!router.ok()) return ToGrpcStatus(absl::FailedPreconditionError(router.status().message()));
+    if (router->name != ref.name()) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("layer router at ", ref.path(), " is named '", router->name, "', not '", ref.name(), "'"));
+    }
+    if (absl::Status s = ValidateLayerRouter(*router, *identity_); !s.ok()) {
+      return ToGrpcStatus(absl::FailedPreconditionError(s.message()));
+    }
+    layer_routers[ref.name()] = std::move(*router);
+  }
   auto map = ShardMapFromProto(request->shard_map(), config, merged_experts);
   if (!map.ok()) return ToGrpcStatus(map.status());
   const int me = request->worker_id();
@@ -101,6 +114,7 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
 
   auto shard = std::make_unique<Shard>();
   shard->worker_id = me;
+  shard->layer_routers = std::move(layer_routers);
   shard->map = std::move(*map);
   LoadOptions load;
   const ShardMap* m = &shard->map;
@@ -173,9 +187,25 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
         }
         routing = &found->second;
       }
+      std::unique_ptr<LayerRoutingPolicy> policy;
+      if (!w.layer_router().empty()) {
+        auto found = shard_->layer_routers.find(w.layer_router());
+        if (found == shard_->layer_routers.end()) {
+          return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                              absl::StrCat("sequence ", w.sequence_id(), ": layer router '", w.layer_router(),
+                                           "' is not part of this shard"));
+        }
+        if (!(w.skip_threshold() >= 0.0f && w.skip_threshold() <= 1.0f)) {
+          return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              absl::StrCat("sequence ", w.sequence_id(), ": skip_threshold ", w.skip_threshold(),
+                                           " is outside [0, 1]"));
+        }
+        policy = std::make_unique<LayerRoutingPolicy>(&found->second, w.skip_threshold());
+      }
       sequences_.erase(w.sequence_id());
       Sequence& sequence =
-          sequences_.emplace(w.sequence_id(), Sequence{model.NewCache(), Sampler(params), routing}).first->second;
+          sequences_.emplace(w.sequence_id(), Sequence{model.NewCache(), Sampler(params), routing, std::move(policy)})
+              .first->second;
       sequence.sampler.SkipSamples(w.sampled_before());
     }
     auto it = sequences_.find(w.sequence_id());
@@ -183,7 +213,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("unknown sequence ", w.sequence_id()));
     }
     tokens.emplace_back(w.tokens().begin(), w.tokens().end());
-    inputs.push_back({it->second.cache.get(), tokens.back(), false, it->second.slot_routing});
+    inputs.push_back({it->second.cache.get(), tokens.back(), false, it->second.slot_routing, it->second.layer_policy.get()});
   }
   int64_t rows = 0;
   for (const auto& t : tokens) rows += static_cast<int64_t>(t.size());
@@ -205,7 +235,9 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
     std::span<const float> l(logits->data() + static_cast<size_t>(i) * vocab, static_cast<size_t>(vocab));
     v1::SequenceResult* r = response->add_results();
     r->set_sequence_id(w.sequence_id());
-    r->set_token(sequences_.at(w.sequence_id()).sampler.Sample(l));
+    Sequence& sequence = sequences_.at(w.sequence_id());
+    r->set_token(sequence.sampler.Sample(l));
+    r->set_layers_executed(static_cast<int32_t>(sequence.cache->layers_per_token()));
     if (w.return_logits()) *r->mutable_logits() = {l.begin(), l.end()};
     int64_t bytes = 0;
     for (int j = 0; j < w.tokens_size(); ++j) bytes += traffic.per_token[row++];

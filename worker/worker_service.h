@@ -18,6 +18,7 @@
 #include "exchange/grpc_exchange.h"
 #include "moe/v1/cluster.grpc.pb.h"
 #include "router/expert_map.h"
+#include "router/layer_router.h"
 #include "worker/distributed_dispatcher.h"
 
 namespace moe {
@@ -51,6 +52,7 @@ class WorkerService final : public v1::Worker::Service {
     std::unique_ptr<KvCache> cache;
     Sampler sampler;
     const SlotRouting* slot_routing = nullptr;  // its task expert map (owned by the shard); null = full model
+    std::unique_ptr<LayerRoutingPolicy> layer_policy;  // decides its layer path at prefill; null = none
   };
   // Everything built for one shard map; replaced as a whole when a new map arrives.
   struct Shard {
@@ -60,6 +62,7 @@ class WorkerService final : public v1::Worker::Service {
     std::unique_ptr<DistributedExpertDispatcher> dispatcher;
     std::unique_ptr<Model> model;
     std::map<std::string, SlotRouting> expert_maps;  // by name, resolved to this shard's expert tables
+    std::map<std::string, LayerRouter> layer_routers;  // by name
   };
 
   Options options_;
