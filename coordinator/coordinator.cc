@@ -460,17 +460,16 @@ void Coordinator::EngineLoop() {
       }
       metrics_->queue_depth = static_cast<int64_t>(queue_.size());
       metrics_->running = static_cast<int64_t>(running_.size());
-      running_tasks_.clear();
-      running_layer_routers_.clear();
-      for (const auto& [id, r] : running_) {
-        if (!r.spec.task.empty()) running_tasks_[r.spec.task]++;
-        if (!r.spec.layer_router.empty()) running_layer_routers_[r.spec.layer_router]++;
-      }
+      CountRunningUsers();
     }
     bool any_release = false;
     for (const auto& r : release_) any_release |= !r.empty();
     if (running_.empty() && !any_release) continue;
     StepOutcome outcome = RunStep();
+    {
+      absl::MutexLock lock(&mutex_);
+      CountRunningUsers();  // finished requests no longer hold their map or router
+    }
     if (!outcome.status.ok()) {
       // The step's effects are unknown on every worker: re-place (without the unreachable ones) and
       // resume every running request. A request whose steps keep failing ends after max_resumes.
@@ -479,6 +478,15 @@ void Coordinator::EngineLoop() {
       if (outcome.unreachable.empty()) LogLine(absl::StrCat("step failed, re-placing: ", outcome.status.ToString()));
       membership_changed_ = true;
     }
+  }
+}
+
+void Coordinator::CountRunningUsers() {
+  running_tasks_.clear();
+  running_layer_routers_.clear();
+  for (const auto& [id, r] : running_) {
+    if (!r.spec.task.empty()) running_tasks_[r.spec.task]++;
+    if (!r.spec.layer_router.empty()) running_layer_routers_[r.spec.layer_router]++;
   }
 }
 
@@ -595,6 +603,13 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       const bool eos = std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(), r.token()) !=
                        config_.eos_token_ids.end();
       const bool last = eos || static_cast<int64_t>(s.generated.size()) + 1 >= s.spec.max_tokens;
+      if (last) {  // before the client can see it done: its map and router are free from now on
+        absl::MutexLock lock(&mutex_);
+        if (auto t = running_tasks_.find(s.spec.task); t != running_tasks_.end() && t->second > 0) --t->second;
+        if (auto l = running_layer_routers_.find(s.spec.layer_router); l != running_layer_routers_.end() && l->second > 0) {
+          --l->second;
+        }
+      }
       s.handle->Push(r.token(), r.all2all_bytes(), r.layers_executed(),
                      !last ? v1::FINISH_REASON_UNSPECIFIED : eos ? v1::FINISH_REASON_EOS : v1::FINISH_REASON_LENGTH);
       metrics_->tokens_generated++;

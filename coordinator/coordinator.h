@@ -204,6 +204,8 @@ class Coordinator final : public v1::Coordinator::Service {
   absl::Status Reconfigure();
   void EngineLoop();
   StepOutcome RunStep();
+  // Refreshes running_tasks_ and running_layer_routers_ from running_ (engine loop thread).
+  void CountRunningUsers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void MarkDead(int slot, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void FailAll(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 

@@ -33,6 +33,8 @@ absl::StatusOr<std::vector<std::string>> ClusterBackend::CompleteGreedy(const st
       req.set_prompt(prompts[i]);
       req.set_max_tokens(static_cast<int32_t>(max_tokens));
       req.set_task(task_);
+      req.set_layer_router(layer_router_);
+      if (skip_threshold_ >= 0) req.set_skip_threshold(static_cast<float>(skip_threshold_));
       grpc::ClientContext ctx;
       ctx.set_deadline(DeadlineAfter(std::chrono::minutes(5)));
       status[i] = stub_->Complete(&ctx, req, &responses[i]);
@@ -47,6 +49,8 @@ absl::StatusOr<std::vector<std::string>> ClusterBackend::CompleteGreedy(const st
     since_last_.all2all_bytes += responses[i].usage().all2all_bytes();
     since_last_.completion_tokens += responses[i].usage().completion_tokens();
     since_last_.prompt_tokens += responses[i].usage().prompt_tokens();
+    since_last_.layers_executed += static_cast<int64_t>(
+        responses[i].usage().layers_per_token() * static_cast<double>(responses[i].usage().completion_tokens()) + 0.5);
     out.push_back(responses[i].text());
   }
   return out;

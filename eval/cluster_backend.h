@@ -15,6 +15,11 @@ class ClusterBackend : public CompletionBackend {
   // `task_pattern` ("{task}" replaced by the task being evaluated) is sent with every request as its task
   // expert map's name (empty = full model).
   ClusterBackend(const std::string& address, std::string task_pattern);
+  // Names a loaded layer router in every request (empty = none); skip_threshold < 0: its default.
+  void SetLayerRouter(std::string name, double skip_threshold) {
+    layer_router_ = std::move(name);
+    skip_threshold_ = skip_threshold;
+  }
   // Sends the prompts concurrently (one call each, greedy); the first failure is returned.
   absl::StatusOr<std::vector<std::string>> CompleteGreedy(const std::vector<std::string>& prompts,
                                                           int64_t max_tokens) override;
@@ -27,6 +32,8 @@ class ClusterBackend : public CompletionBackend {
   std::unique_ptr<v1::Inference::Stub> stub_;
   std::string task_pattern_;
   std::string task_;
+  std::string layer_router_;
+  double skip_threshold_ = -1;
   Traffic since_last_;
   int64_t all2all_bytes_ = 0;
   int64_t completion_tokens_ = 0;

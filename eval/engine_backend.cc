@@ -16,12 +16,15 @@ absl::StatusOr<std::vector<std::string>> EngineBackend::CompleteGreedy(const std
     r.prompt.insert(r.prompt.end(), ids.begin(), ids.end());
     r.max_tokens = max_tokens;
     r.slot_routing = slot_routing_ ? &*slot_routing_ : nullptr;
+    r.layer_policy = layer_policy_.get();
+    prompt_tokens_ += static_cast<int64_t>(r.prompt.size());
     requests.push_back(std::move(r));
   }
   MOE_ASSIGN_OR_RETURN(std::vector<GenerationResult> results, Generate(*model_, requests));
   std::vector<std::string> out;
   for (GenerationResult& r : results) {
     completion_tokens_ += static_cast<int64_t>(r.tokens.size());
+    layers_executed_ += LayersExecuted(r.layer_path, model_->config().num_layers) * static_cast<int64_t>(r.tokens.size());
     if (r.finish == FinishReason::kEos) r.tokens.pop_back();
     out.push_back(tokenizer_->Decode(r.tokens));
   }
@@ -48,9 +51,15 @@ absl::Status EngineBackend::BeginTask(const std::string& task) {
 }
 
 CompletionBackend::Traffic EngineBackend::TakeTraffic() {
-  Traffic t{completion_tokens_, 0};
-  completion_tokens_ = 0;
+  Traffic t{prompt_tokens_, completion_tokens_, 0, layers_executed_};
+  completion_tokens_ = prompt_tokens_ = layers_executed_ = 0;
   return t;
+}
+
+void EngineBackend::SetLayerRouter(const LayerRouter* router, double skip_threshold) {
+  layer_policy_ = router == nullptr ? nullptr
+                                    : std::make_unique<LayerRoutingPolicy>(
+                                          router, skip_threshold < 0 ? router->skip_threshold : skip_threshold);
 }
 
 }  // namespace moe

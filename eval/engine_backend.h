@@ -8,6 +8,7 @@
 #include "checkpoint/tokenizer.h"
 #include "engine/model.h"
 #include "eval/task_suite.h"
+#include "router/layer_router.h"
 
 namespace moe {
 
@@ -17,6 +18,9 @@ class EngineBackend : public CompletionBackend {
   // replaced by the task's name), each task is served through its expert map, installed into the model.
   EngineBackend(Model* model, const Tokenizer* tokenizer, std::string expert_map_pattern = "")
       : model_(model), tokenizer_(tokenizer), expert_map_pattern_(std::move(expert_map_pattern)) {}
+  // Decides every request's layer path with `router` (validated for this model; must outlive the
+  // backend); skip_threshold < 0 uses the router's default.
+  void SetLayerRouter(const LayerRouter* router, double skip_threshold);
   absl::StatusOr<std::vector<std::string>> CompleteGreedy(const std::vector<std::string>& prompts,
                                                           int64_t max_tokens) override;
   std::vector<std::vector<int64_t>> TakeExpertUsage() override;
@@ -28,7 +32,8 @@ class EngineBackend : public CompletionBackend {
   const Tokenizer* tokenizer_;
   std::string expert_map_pattern_;
   std::optional<SlotRouting> slot_routing_;
-  int64_t completion_tokens_ = 0;
+  std::unique_ptr<LayerRoutingPolicy> layer_policy_;
+  int64_t completion_tokens_ = 0, prompt_tokens_ = 0, layers_executed_ = 0;
 };
 
 }  // namespace moe

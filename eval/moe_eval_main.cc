@@ -1,5 +1,6 @@
 // moe-eval: exact-match accuracy of a model on the task suite, with greedy decoding.
 //   moe-eval --model DIR --tasks data/tasks [--split test] [--limit N] [--json OUT] [--min-accuracy X]
+//            [--expert-map maps/{task}-uncurl-p2] [--layer-router routers/layers [--skip-threshold T]]
 // Prints "<task> accuracy=<fraction> n=<count>" per task; --json also records per-layer expert usage
 // per task. Exit 1 on bad input, 2 if a task falls below --min-accuracy.
 #include <fstream>
@@ -28,6 +29,11 @@ ABSL_FLAG(std::string, task, "",
 ABSL_FLAG(std::string, expert_map, "",
           "engine backend: serve each task through this expert map directory; \"{task}\" becomes the task's name "
           "(e.g. maps/{task}-uncurl-p2)");
+ABSL_FLAG(std::string, layer_router, "",
+          "Dr.LLM layer routing: engine backend: a router directory (moe-layer-route); cluster backend: the name of "
+          "a loaded layer router");
+ABSL_FLAG(double, skip_threshold, -1, "layer routing knob: skip a layer when its skip probability reaches this "
+                                      "(lower skips more); < 0: the router's default");
 ABSL_FLAG(int32_t, threads, 0, "threads (0 = one per core)");
 ABSL_FLAG(bool, print_usage, false, "print, per MoE layer, the share of each task's tokens routed to each expert");
 
@@ -49,6 +55,7 @@ int main(int argc, char** argv) {
   if (backend_name == "cluster") {
     if (absl::GetFlag(FLAGS_server).empty()) return Fail("--backend cluster needs --server");
     moe::ClusterBackend cluster(absl::GetFlag(FLAGS_server), absl::GetFlag(FLAGS_task));
+    cluster.SetLayerRouter(absl::GetFlag(FLAGS_layer_router), absl::GetFlag(FLAGS_skip_threshold));
     auto results = moe::EvaluateTasks(cluster, *suite, absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_max_tokens));
     if (!results.ok()) return Fail(results.status().ToString());
     return Report(*results, cluster.completion_tokens() ? static_cast<double>(cluster.all2all_bytes()) / cluster.completion_tokens() : 0);
@@ -64,6 +71,16 @@ int main(int argc, char** argv) {
   if (!weights.ok()) return Fail(weights.status().ToString());
   moe::Model model(std::move(*weights), &pool);
   moe::EngineBackend backend(&model, tokenizer->get(), absl::GetFlag(FLAGS_expert_map));
+  std::optional<moe::LayerRouter> layer_router;
+  if (!absl::GetFlag(FLAGS_layer_router).empty()) {
+    auto router = moe::ReadLayerRouter(absl::GetFlag(FLAGS_layer_router));
+    if (!router.ok()) return Fail(router.status().ToString());
+    auto identity = moe::IdentifyModel(*model.weights().source);
+    if (!identity.ok()) return Fail(identity.status().ToString());
+    if (absl::Status s = moe::ValidateLayerRouter(*router, *identity); !s.ok()) return Fail(s.ToString());
+    layer_router = std::move(*router);
+    backend.SetLayerRouter(&*layer_router, absl::GetFlag(FLAGS_skip_threshold));
+  }
   auto results = moe::EvaluateTasks(backend, *suite, absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_max_tokens));
   if (!results.ok()) return Fail(results.status().ToString());
   return Report(*results, -1);
@@ -102,20 +119,28 @@ int Report(const std::vector<moe::TaskResult>& results, double all2all_bytes_per
       std::cout << absl::StrFormat(" all2all_bytes_per_token=%.1f",
                                    static_cast<double>(r.traffic.all2all_bytes) / r.traffic.completion_tokens);
     }
+    if (r.traffic.layers_executed > 0 && r.traffic.completion_tokens > 0) {
+      std::cout << absl::StrFormat(" layers_per_token=%.2f",
+                                   static_cast<double>(r.traffic.layers_executed) / r.traffic.completion_tokens);
+    }
     std::cout << "\n";
     below |= r.accuracy() < absl::GetFlag(FLAGS_min_accuracy);
     sum += r.accuracy();
   }
   std::cout << absl::StrFormat("average accuracy=%.4f\n", sum / static_cast<double>(results.size()));
-  int64_t tokens = 0, processed = 0, bytes = 0;
+  int64_t tokens = 0, processed = 0, bytes = 0, layers = 0;
   double seconds = 0;
   for (const moe::TaskResult& r : results) {
     tokens += r.traffic.completion_tokens;
+    layers += r.traffic.layers_executed;
     processed += r.traffic.prompt_tokens + r.traffic.completion_tokens;
     bytes += r.traffic.all2all_bytes;
     seconds += r.seconds;
   }
   std::cout << absl::StrFormat("generated tokens per second=%.1f\n", seconds > 0 ? tokens / seconds : 0.0);
+  if (layers > 0 && tokens > 0) {
+    std::cout << absl::StrFormat("layers per generated token=%.2f\n", static_cast<double>(layers) / tokens);
+  }
   // Answers of different lengths change the per-generated-token figure; per processed token does not.
   if (all2all_bytes_per_token >= 0 && processed > 0) {
     std::cout << absl::StrFormat("all2all bytes per processed token=%.1f\n", static_cast<double>(bytes) / processed);

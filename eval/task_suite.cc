@@ -78,7 +78,8 @@ nlohmann::json TaskResultsToJson(const std::vector<TaskResult>& results) {
   for (const TaskResult& r : results) {
     tasks[r.task] = {{"accuracy", r.accuracy()}, {"correct", r.correct}, {"n", r.total},
                      {"expert_usage", r.expert_usage}, {"seconds", r.seconds},
-                     {"completion_tokens", r.traffic.completion_tokens}, {"all2all_bytes", r.traffic.all2all_bytes}};
+                     {"completion_tokens", r.traffic.completion_tokens}, {"all2all_bytes", r.traffic.all2all_bytes},
+                     {"layers_executed", r.traffic.layers_executed}};
   }
   return {{"tasks", tasks}};
 }

@@ -38,6 +38,7 @@ class CompletionBackend {
     int64_t prompt_tokens = 0;
     int64_t completion_tokens = 0;
     int64_t all2all_bytes = 0;
+    int64_t layers_executed = 0;  // decoder layers run by the completion tokens (0 when unknown)
   };
   virtual Traffic TakeTraffic() { return {}; }
 };

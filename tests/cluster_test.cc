@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,7 @@
 #include "eval/cluster_backend.h"
 #include "eval/engine_backend.h"
 #include "router/expert_map.h"
+#include "router/layer_router.h"
 #include "router/pruning.h"
 #include "router/router_stats.h"
 
@@ -620,6 +622,138 @@ TEST(ClusterRouterTest, TaskExpertMapsAreLoadedServedLocallyAndRemovedWithoutARe
   EXPECT_EQ(std::vector<int32_t>(r.token_ids().begin(), r.token_ids().end()), full[0]);
   EXPECT_THAT(cluster->Stop(), IsOk());
   std::filesystem::remove_all(maps_dir);
+}
+
+// Dr.LLM layer routing through the cluster: a router set is loaded without a restart, each request's
+// path is decided at prefill on its worker (different paths in one batch, so workers must agree on
+// repeat passes), answers and layers per token equal the engine's with the same router, and a router
+// for another model or an unknown name is refused.
+TEST(ClusterRouterTest, LayerRoutersDecidePathsPerRequestAndAreManagedWithoutARestart) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 12; ++i) prompts.push_back(Prompt(i));
+  const auto dir = std::filesystem::path(ModelDir()).parent_path() / ("moe_cluster_test_routers_" + std::to_string(::getpid()));
+  MOE_ASSERT_OK_AND_ASSIGN(auto source, ModelSource::Open(ModelDir()));
+  MOE_ASSERT_OK_AND_ASSIGN(ModelIdentity identity, IdentifyModel(*source));
+  LayerRouter router = NewLayerRouter("mixed", identity, 7);
+  for (RouterMlp& mlp : router.layers) {
+    for (float& w : mlp.fc2_weight) w *= 6.0f;  // decisive, prompt-dependent choices
+  }
+  router.skip_threshold = 0.45;
+  ASSERT_THAT(WriteLayerRouter(router, (dir / "mixed").string()), IsOk());
+
+  std::vector<std::vector<int32_t>> expected;
+  std::vector<int64_t> expected_layers;
+  std::set<LayerPath> paths;
+  {
+    ThreadPool pool(1);
+    MOE_ASSERT_OK_AND_ASSIGN(auto weights, LoadModelWeights(std::move(source), {}, &pool));
+    Model model(std::move(weights), &pool);
+    LayerRoutingPolicy policy(&router, router.skip_threshold);
+    std::vector<GenerationRequest> requests;
+    for (const auto& p : prompts) {
+      GenerationRequest r{p, 10, {}, true};
+      r.layer_policy = &policy;
+      requests.push_back(r);
+    }
+    MOE_ASSERT_OK_AND_ASSIGN(auto results, Generate(model, requests));
+    for (auto& r : results) {
+      if (r.finish == FinishReason::kEos) r.tokens.pop_back();
+      expected.push_back(r.tokens);
+      expected_layers.push_back(LayersExecuted(r.layer_path, model.config().num_layers));
+      paths.insert(r.layer_path);
+    }
+  }
+  ASSERT_GE(paths.size(), 3u) << "the router should pick several paths, so the test covers mixed batches";
+  ASSERT_NE(expected, EngineGreedy(prompts, 10));
+
+  MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), 3));
+  auto stub = Client(*cluster);
+  auto admin = v1::RouterAdmin::NewStub(grpc::CreateChannel(cluster->address(), grpc::InsecureChannelCredentials()));
+  auto load = [&](const std::string& path, v1::LayerRouterInfo* info) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(kCallDeadline));
+    v1::LoadLayerRouterRequest req;
+    req.set_path(path);
+    return admin->LoadLayerRouter(&ctx, req, info);
+  };
+  auto complete = [&](const std::vector<int32_t>& prompt, const std::string& layer_router, v1::GenerateResponse* r) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(kCallDeadline));
+    v1::GenerateRequest req = Request(prompt, 10);
+    req.set_layer_router(layer_router);
+    return stub->Complete(&ctx, req, r);
+  };
+  v1::GenerateResponse r;
+  EXPECT_EQ(complete(prompts[0], "mixed", &r).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::LayerRouterInfo info;
+  const grpc::Status loaded = load((dir / "mixed").string(), &info);
+  ASSERT_TRUE(loaded.ok()) << loaded.error_message();
+  EXPECT_EQ(info.name(), "mixed");
+  EXPECT_NEAR(info.skip_threshold(), 0.45, 1e-9);
+  EXPECT_EQ(load((dir / "mixed").string(), &info).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_EQ(load((dir / "absent").string(), &info).error_code(), grpc::StatusCode::NOT_FOUND);
+  {
+    ModelIdentity other = identity;
+    other.router_fingerprint = "0123456789abcdef";
+    ASSERT_THAT(WriteLayerRouter(NewLayerRouter("other", other, 1), (dir / "other").string()), IsOk());
+    const grpc::Status refused = load((dir / "other").string(), &info);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(refused.error_message().find("another model"), std::string::npos) << refused.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::GenerateRequest req = Request(prompts[0], 4);
+    req.set_skip_threshold(0.5f);  // a knob without a router
+    EXPECT_EQ(stub->Complete(&ctx, req, &r).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    grpc::ClientContext ctx2;
+    req.set_layer_router("mixed");
+    req.set_skip_threshold(1.5f);
+    EXPECT_EQ(stub->Complete(&ctx2, req, &r).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+
+  // All prompts at once: batches mix paths across the three workers.
+  std::vector<v1::GenerateResponse> responses(prompts.size());
+  std::vector<grpc::Status> status(prompts.size());
+  std::vector<std::thread> calls;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    calls.emplace_back([&, i] { status[i] = complete(prompts[i], "mixed", &responses[i]); });
+  }
+  for (auto& t : calls) t.join();
+  int64_t tokens = 0, layers = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(status[i].ok()) << status[i].error_message();
+    layers += expected_layers[i] * responses[i].usage().completion_tokens();
+    EXPECT_EQ(std::vector<int32_t>(responses[i].token_ids().begin(), responses[i].token_ids().end()), expected[i]) << i;
+    EXPECT_DOUBLE_EQ(responses[i].usage().layers_per_token(), static_cast<double>(expected_layers[i])) << i;
+    tokens += responses[i].usage().completion_tokens();
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ListLayerRoutersResponse list;
+    ASSERT_TRUE(admin->ListLayerRouters(&ctx, {}, &list).ok());
+    ASSERT_EQ(list.routers_size(), 1);
+    EXPECT_EQ(list.routers(0).requests(), static_cast<int64_t>(prompts.size()));
+    EXPECT_EQ(list.routers(0).completion_tokens(), tokens);
+  }
+  auto metrics = HttpGet(cluster->metrics_url(), std::chrono::seconds(5));
+  ASSERT_THAT(metrics, IsOk());
+  EXPECT_NE(metrics->find(absl::StrCat("moe_layers_executed_total ", layers, "\n")), std::string::npos) << *metrics;
+  auto remove = [&](const std::string& name) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(DeadlineAfter(kCallDeadline));
+    v1::RemoveLayerRouterRequest req;
+    req.set_name(name);
+    v1::RemoveLayerRouterResponse resp;
+    return admin->RemoveLayerRouter(&ctx, req, &resp);
+  };
+  const grpc::Status removed = remove("mixed");
+  ASSERT_TRUE(removed.ok()) << removed.error_message();
+  EXPECT_EQ(remove("mixed").error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(complete(prompts[0], "mixed", &r).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_TRUE(complete(prompts[0], "", &r).ok());
+  EXPECT_DOUBLE_EQ(r.usage().layers_per_token(), 3.0);
+  EXPECT_THAT(cluster->Stop(), IsOk());
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
