@@ -30,6 +30,8 @@ ABSL_FLAG(bool, task_maps_at_home, true,
           "requests there; false spreads its merged experts over the workers");
 ABSL_FLAG(std::vector<std::string>, expert_maps, {},
           "task expert map directories (moe-prune output) to load once the workers are up; a glob-free comma list");
+ABSL_FLAG(std::vector<std::string>, layer_routers, {},
+          "Dr.LLM layer router directories (moe-layer-route output) to load once the workers are up; a comma list");
 ABSL_FLAG(std::string, expert_load, "", "measured expert load for placement (moe-eval --json output, or {\"expert_load\": [[...]]})");
 
 namespace moe {
@@ -50,6 +52,7 @@ CoordinatorServerOptions CoordinatorServerOptionsFromFlags() {
   o.startup_timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_startup_timeout_ms));
   o.expert_load_file = absl::GetFlag(FLAGS_expert_load);
   o.expert_maps = absl::GetFlag(FLAGS_expert_maps);
+  o.layer_routers = absl::GetFlag(FLAGS_layer_routers);
   return o;
 }
 
@@ -130,6 +133,15 @@ int RunCoordinator(const CoordinatorServerOptions& server_options, const std::at
       return Fail(absl::StrCat("expert map ", path, ": ", info.status().ToString()));
     }
     std::cout << "expert map " << info->name() << " loaded (home worker " << info->home_worker() << ")" << std::endl;
+  }
+  for (const std::string& path : server_options.layer_routers) {
+    auto info = (*coordinator)->LoadLayerRouter(path, std::chrono::minutes(2));
+    if (!info.ok()) {
+      (*coordinator)->Shutdown();
+      server->Shutdown(DeadlineAfter(std::chrono::seconds(2)));
+      return Fail(absl::StrCat("layer router ", path, ": ", info.status().ToString()));
+    }
+    std::cout << "layer router " << info->name() << " loaded" << std::endl;
   }
   server->GetHealthCheckService()->SetServingStatus(true);
   std::cout << "listening on " << address << std::endl;

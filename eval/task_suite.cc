@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/status.h"
 
 namespace moe {
@@ -36,6 +37,16 @@ absl::StatusOr<std::map<std::string, std::vector<TaskExample>>> LoadTaskSuite(co
   }
   if (suite.empty()) return absl::NotFoundError(absl::StrCat(dir, ": no task has a ", split, ".jsonl"));
   return suite;
+}
+
+absl::Status SelectTasks(const std::string& tasks, std::map<std::string, std::vector<TaskExample>>* suite) {
+  if (tasks.empty()) return absl::OkStatus();
+  const std::vector<std::string> wanted = absl::StrSplit(tasks, ',', absl::SkipEmpty());
+  for (const std::string& t : wanted) {
+    if (!suite->count(t)) return absl::InvalidArgumentError(absl::StrCat("no task '", t, "' in the suite"));
+  }
+  std::erase_if(*suite, [&](const auto& entry) { return std::find(wanted.begin(), wanted.end(), entry.first) == wanted.end(); });
+  return absl::OkStatus();
 }
 
 std::string ForTask(const std::string& pattern, const std::string& task) {

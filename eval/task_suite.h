@@ -23,6 +23,9 @@ struct TaskExample {
 absl::StatusOr<std::map<std::string, std::vector<TaskExample>>> LoadTaskSuite(const std::string& dir,
                                                                              const std::string& split, int64_t limit);
 
+// Keeps the comma-separated `tasks` of `suite` (empty: all). INVALID_ARGUMENT naming an unknown task.
+absl::Status SelectTasks(const std::string& tasks, std::map<std::string, std::vector<TaskExample>>* suite);
+
 // Greedy completions for a batch of prompts; also reports expert usage when it can.
 class CompletionBackend {
  public:

@@ -30,6 +30,15 @@ absl::StatusOr<ModelIdentity> IdentifyModel(const ModelSource& source) {
   return id;
 }
 
+absl::StatusOr<ToolModel> OpenToolModel(const std::string& dir) {
+  ToolModel m;
+  MOE_ASSIGN_OR_RETURN(m.source, ModelSource::Open(dir));
+  if (m.source->tokenizer_path().empty()) return absl::FailedPreconditionError(absl::StrCat(dir, ": the model has no tokenizer.model"));
+  MOE_ASSIGN_OR_RETURN(m.tokenizer, Tokenizer::Load(m.source->tokenizer_path()));
+  MOE_ASSIGN_OR_RETURN(m.identity, IdentifyModel(*m.source));
+  return m;
+}
+
 absl::Status CheckSameModel(const ModelIdentity& artifact_model, const ModelIdentity& served,
                             const std::string& artifact) {
   if (artifact_model == served) return absl::OkStatus();

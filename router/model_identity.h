@@ -4,10 +4,12 @@
 #define MOE_ROUTER_MODEL_IDENTITY_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "checkpoint/model_source.h"
+#include "checkpoint/tokenizer.h"
 #include "nlohmann/json_fwd.hpp"
 
 namespace moe {
@@ -20,6 +22,15 @@ struct ModelIdentity {
 };
 
 absl::StatusOr<ModelIdentity> IdentifyModel(const ModelSource& source);
+
+// What the offline router tools (moe-prune, moe-layer-route) work on: a checkpoint with its tokenizer.
+struct ToolModel {
+  std::shared_ptr<const ModelSource> source;
+  std::unique_ptr<Tokenizer> tokenizer;
+  ModelIdentity identity;
+};
+// Errors name what is missing (no checkpoint, no tokenizer.model).
+absl::StatusOr<ToolModel> OpenToolModel(const std::string& dir);
 
 // OK when `artifact_model` is `served`; FAILED_PRECONDITION naming `artifact` and both models otherwise.
 absl::Status CheckSameModel(const ModelIdentity& artifact_model, const ModelIdentity& served,

@@ -54,23 +54,16 @@ int main(int argc, char** argv) {
   }
   const double threshold = absl::GetFlag(FLAGS_skip_threshold);
   if (!(threshold >= 0 && threshold <= 1)) return Fail("--skip-threshold must be in [0, 1]");
-  auto source_or = moe::ModelSource::Open(absl::GetFlag(FLAGS_model));
-  if (!source_or.ok()) return Fail(source_or.status().ToString());
-  std::shared_ptr<const moe::ModelSource> source = std::move(*source_or);
-  const moe::ModelConfig& c = source->config();
-  if (source->tokenizer_path().empty()) return Fail("the model has no tokenizer.model");
-  auto tokenizer = moe::Tokenizer::Load(source->tokenizer_path());
-  if (!tokenizer.ok()) return Fail(tokenizer.status().ToString());
-  auto identity = moe::IdentifyModel(*source);
-  if (!identity.ok()) return Fail(identity.status().ToString());
+  auto tool_model = moe::OpenToolModel(absl::GetFlag(FLAGS_model));
+  if (!tool_model.ok()) return Fail(tool_model.status().ToString());
+  const moe::ModelConfig& c = tool_model->source->config();
+  const moe::Tokenizer& tokenizer = *tool_model->tokenizer;
+  const moe::ModelIdentity& identity = tool_model->identity;
   auto suite = moe::LoadTaskSuite(absl::GetFlag(FLAGS_tasks), absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_examples));
   if (!suite.ok()) return Fail(suite.status().ToString());
-  std::vector<std::string> wanted = absl::StrSplit(absl::GetFlag(FLAGS_task), ',', absl::SkipEmpty());
-  for (const std::string& t : wanted) {
-    if (!suite->count(t)) return Fail(absl::StrCat("no task '", t, "' in ", absl::GetFlag(FLAGS_tasks)));
-  }
+  if (absl::Status s = moe::SelectTasks(absl::GetFlag(FLAGS_task), &*suite); !s.ok()) return Fail(s.ToString());
   moe::ThreadPool pool(absl::GetFlag(FLAGS_threads));
-  auto weights = moe::LoadModelWeights(source, {}, &pool);
+  auto weights = moe::LoadModelWeights(tool_model->source, {}, &pool);
   if (!weights.ok()) return Fail(weights.status().ToString());
   moe::Model model(std::move(*weights), &pool);
 
@@ -81,26 +74,25 @@ int main(int argc, char** argv) {
   search.seed = absl::GetFlag(FLAGS_seed);
   std::string name = absl::GetFlag(FLAGS_name);
   if (name.empty()) name = std::filesystem::path(absl::GetFlag(FLAGS_out)).filename().string();
-  moe::LayerRouter router = moe::NewLayerRouter(name, *identity, absl::GetFlag(FLAGS_seed));
+  moe::LayerRouter router = moe::NewLayerRouter(name, identity, absl::GetFlag(FLAGS_seed));
   router.skip_threshold = threshold;
   std::vector<moe::LabeledPrompt> all_labeled;
   for (const auto& [task, examples] : *suite) {
-    if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), task) == wanted.end()) continue;
     std::vector<std::vector<int32_t>> prompts;
     std::vector<std::string> answers;
     int64_t max_tokens = 1;
     for (const moe::TaskExample& ex : examples) {
       std::vector<int32_t> ids;
       if (c.bos_token_id >= 0) ids.push_back(static_cast<int32_t>(c.bos_token_id));
-      auto text = (*tokenizer)->Encode(ex.prompt);
-      auto answer = (*tokenizer)->Encode(ex.answer);
+      auto text = tokenizer.Encode(ex.prompt);
+      auto answer = tokenizer.Encode(ex.answer);
       if (!text.ok() || !answer.ok()) return Fail(absl::StrCat(task, ": cannot tokenize an example"));
       ids.insert(ids.end(), text->begin(), text->end());
       prompts.push_back(std::move(ids));
       answers.push_back(ex.answer);
       max_tokens = std::max<int64_t>(max_tokens, static_cast<int64_t>(answer->size()) + 1);  // + EOS
     }
-    auto labeled = moe::SearchLayerPaths(model, **tokenizer, prompts, answers, max_tokens, search, absl::GetFlag(FLAGS_batch));
+    auto labeled = moe::SearchLayerPaths(model, tokenizer, prompts, answers, max_tokens, search, absl::GetFlag(FLAGS_batch));
     if (!labeled.ok()) return Fail(labeled.status().ToString());
     int64_t full_right = 0, found = 0, generations = 0, layers = 0;
     std::vector<std::array<int64_t, moe::kRouterClasses>> label_counts(static_cast<size_t>(c.num_layers));
@@ -138,7 +130,7 @@ int main(int argc, char** argv) {
                                  l, info.labels[0], info.labels[1], info.labels[2], info.class_weights[0],
                                  info.class_weights[1], info.class_weights[2], info.train_accuracy);
   }
-  if (absl::Status s = moe::ValidateLayerRouter(router, *identity); !s.ok()) return Fail(s.ToString());
+  if (absl::Status s = moe::ValidateLayerRouter(router, identity); !s.ok()) return Fail(s.ToString());
   if (absl::Status s = moe::WriteLayerRouter(router, absl::GetFlag(FLAGS_out)); !s.ok()) return Fail(s.ToString());
   std::cout << "wrote " << absl::GetFlag(FLAGS_out) << " (" << router.examples << " labelled prompts)\n";
   return 0;

@@ -74,9 +74,9 @@ int main(int argc, char** argv) {
   for (const std::string& m : methods) {
     if (m != "uncurl" && m != "frequency") return Fail(absl::StrCat("unknown method '", m, "' (uncurl or frequency)"));
   }
-  auto source_or = moe::ModelSource::Open(absl::GetFlag(FLAGS_model));
-  if (!source_or.ok()) return Fail(source_or.status().ToString());
-  std::shared_ptr<const moe::ModelSource> source = std::move(*source_or);
+  auto tool_model = moe::OpenToolModel(absl::GetFlag(FLAGS_model));
+  if (!tool_model.ok()) return Fail(tool_model.status().ToString());
+  std::shared_ptr<const moe::ModelSource> source = tool_model->source;
   const moe::ModelConfig& c = source->config();
   // (experts kept, name suffix) for every requested size.
   std::vector<std::pair<int64_t, std::string>> sizes;
@@ -93,17 +93,11 @@ int main(int argc, char** argv) {
       return Fail(absl::StrCat("frequency pruning (", suffix, ") keeps ", kept, " experts, fewer than top-k ", c.top_k));
     }
   }
-  if (source->tokenizer_path().empty()) return Fail("the model has no tokenizer.model");
-  auto tokenizer = moe::Tokenizer::Load(source->tokenizer_path());
-  if (!tokenizer.ok()) return Fail(tokenizer.status().ToString());
-  auto identity = moe::IdentifyModel(*source);
-  if (!identity.ok()) return Fail(identity.status().ToString());
+  const moe::Tokenizer& tokenizer = *tool_model->tokenizer;
+  const moe::ModelIdentity* identity = &tool_model->identity;
   auto suite = moe::LoadTaskSuite(absl::GetFlag(FLAGS_tasks), absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_examples));
   if (!suite.ok()) return Fail(suite.status().ToString());
-  std::vector<std::string> wanted = absl::StrSplit(absl::GetFlag(FLAGS_task), ',', absl::SkipEmpty());
-  for (const std::string& t : wanted) {
-    if (!suite->count(t)) return Fail(absl::StrCat("no task '", t, "' in ", absl::GetFlag(FLAGS_tasks)));
-  }
+  if (absl::Status s = moe::SelectTasks(absl::GetFlag(FLAGS_task), &*suite); !s.ok()) return Fail(s.ToString());
 
   moe::ThreadPool pool(absl::GetFlag(FLAGS_threads));
   auto weights = moe::LoadModelWeights(source, {}, &pool);
@@ -115,12 +109,11 @@ int main(int argc, char** argv) {
   const moe::DType storage = probe.ok() && probe->dtype == moe::DType::kBF16 ? moe::DType::kBF16 : moe::DType::kF32;
 
   for (const auto& [task, examples] : *suite) {
-    if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), task) == wanted.end()) continue;
     std::vector<std::vector<int32_t>> sequences;
     for (const moe::TaskExample& ex : examples) {
       std::vector<int32_t> ids;
       if (c.bos_token_id >= 0) ids.push_back(static_cast<int32_t>(c.bos_token_id));
-      auto text = (*tokenizer)->Encode(ex.prompt + ex.answer);
+      auto text = tokenizer.Encode(ex.prompt + ex.answer);
       if (!text.ok()) return Fail(text.status().ToString());
       ids.insert(ids.end(), text->begin(), text->end());
       sequences.push_back(std::move(ids));
