@@ -31,6 +31,7 @@ RequestHandle::Update RequestHandle::Wait(std::chrono::milliseconds timeout) {
   u.status = status_;
   u.all2all_bytes = all2all_bytes_;
   u.layers_executed = layers_executed_;
+  u.tokens_produced = tokens_produced_;
   return u;
 }
 
@@ -50,6 +51,7 @@ void RequestHandle::Push(int32_t token, int64_t all2all_bytes, int64_t layers_ex
   pending_.push_back(token);
   all2all_bytes_ += all2all_bytes;
   layers_executed_ += layers_executed;
+  ++tokens_produced_;
   if (finish != v1::FINISH_REASON_UNSPECIFIED) {
     done_ = true;
     reason_ = finish;

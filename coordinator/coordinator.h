@@ -72,6 +72,7 @@ class RequestHandle {
     absl::Status status;  // not OK when the request failed
     int64_t all2all_bytes = 0;
     int64_t layers_executed = 0;  // summed over the tokens produced so far
+    int64_t tokens_produced = 0;  // every token pushed so far, the final EOS included
   };
   // Returns what arrived, waiting at most `timeout` for something to arrive.
   Update Wait(std::chrono::milliseconds timeout);
@@ -95,6 +96,7 @@ class RequestHandle {
   absl::Status status_ ABSL_GUARDED_BY(mutex_);
   int64_t all2all_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   int64_t layers_executed_ ABSL_GUARDED_BY(mutex_) = 0;
+  int64_t tokens_produced_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 class Coordinator final : public v1::Coordinator::Service {

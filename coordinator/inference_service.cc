@@ -89,7 +89,10 @@ grpc::Status InferenceService::Run(grpc::ServerContext* context, const v1::Gener
       usage->set_prompt_tokens(prompt_tokens);
       usage->set_completion_tokens(static_cast<int64_t>(tokens.size()));
       usage->set_all2all_bytes(u.all2all_bytes);
-      if (!tokens.empty()) usage->set_layers_per_token(static_cast<double>(u.layers_executed) / static_cast<double>(tokens.size()));
+      // Per token the model produced (a final EOS is not streamed but ran every layer of the path).
+      if (u.tokens_produced > 0) {
+        usage->set_layers_per_token(static_cast<double>(u.layers_executed) / static_cast<double>(u.tokens_produced));
+      }
     }
     if ((chunk.token_ids_size() > 0 || !chunk.text().empty() || last) && !emit(chunk)) {
       (*handle)->Cancel();
