@@ -210,14 +210,16 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
   std::vector<int64_t> past(batch.size());  // cache lengths before this step
   for (size_t b = 0; b < batch.size(); ++b) past[b] = batch[b].cache->length();
 
-  // Each input's layer path: its cache's, or decided layer by layer below by its policy (first step only).
-  std::vector<LayerPath> paths(batch.size());
-  std::vector<bool> deciding(batch.size(), false);
+  // Inputs whose policy decides their layer path below, layer by layer (first step only); the others run
+  // their cache's path.
+  std::vector<LayerPath> decided(batch.size());
   for (size_t b = 0; b < batch.size(); ++b) {
     const KvCache& cache = *batch[b].cache;
-    deciding[b] = batch[b].layer_policy != nullptr && cache.length() == 0 && cache.layer_path().empty();
-    paths[b] = cache.layer_path().empty() ? LayerPath(static_cast<size_t>(c.num_layers), kRunLayer) : cache.layer_path();
+    if (batch[b].layer_policy != nullptr && cache.length() == 0 && cache.layer_path().empty()) {
+      decided[b].assign(static_cast<size_t>(c.num_layers), kRunLayer);
+    }
   }
+  auto runs = [&](size_t b, int64_t l) { return decided[b].empty() ? batch[b].cache->runs(l) : decided[b][l]; };
 
   hidden_.resize(static_cast<size_t>(rows * h));
   for (size_t b = 0; b < batch.size(); ++b) {
@@ -234,21 +236,21 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
   for (int64_t l = 0; l < c.num_layers; ++l) {
     bool wants_repeat = false;
     for (size_t b = 0; b < batch.size(); ++b) {
-      if (deciding[b]) {
-        const int runs = batch[b].layer_policy->Decide(l, hidden_.data() + row_start[b] * h, row_start[b + 1] - row_start[b]);
-        if (runs < kSkipLayer || runs > kRepeatLayer) {
-          return absl::InternalError(absl::StrCat("layer policy chose ", runs, " runs of layer ", l));
+      if (!decided[b].empty()) {
+        const int chosen = batch[b].layer_policy->Decide(l, hidden_.data() + row_start[b] * h, row_start[b + 1] - row_start[b]);
+        if (chosen < kSkipLayer || chosen > kRepeatLayer) {
+          return absl::InternalError(absl::StrCat("layer policy chose ", chosen, " runs of layer ", l));
         }
-        paths[b][l] = static_cast<uint8_t>(runs);
+        decided[b][l] = static_cast<uint8_t>(chosen);
       }
-      wants_repeat |= paths[b][l] == kRepeatLayer;
+      wants_repeat |= runs(b, l) == kRepeatLayer;
     }
     bool repeat_agreed = false;
     for (int pass = 0; pass < kMaxLayerPasses; ++pass) {
       if (pass > 0 && !repeat_agreed) break;
       pass_members.clear();
       for (size_t b = 0; b < batch.size(); ++b) {
-        if (paths[b][l] > pass) pass_members.push_back(b);
+        if (runs(b, l) > pass) pass_members.push_back(b);
       }
       bool any_repeat = false;
       if (pass_members.size() == batch.size()) {  // everyone runs this pass: in place
@@ -283,7 +285,7 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const ForwardInput> 
   }
   for (size_t b = 0; b < batch.size(); ++b) {
     batch[b].cache->length_ = past[b] + static_cast<int64_t>(batch[b].tokens.size());
-    if (deciding[b]) batch[b].cache->layer_path_ = std::move(paths[b]);
+    if (!decided[b].empty()) batch[b].cache->layer_path_ = std::move(decided[b]);
   }
 
   // Final norm and LM head for the rows that need logits.

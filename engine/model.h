@@ -29,6 +29,8 @@ class KvCache {
 
   // Empty (every layer once) until set here or decided by a LayerPathPolicy at the first forward step.
   const LayerPath& layer_path() const { return layer_path_; }
+  // How many times the sequence runs `layer` (every layer once until a path is set).
+  int runs(int64_t layer) const { return layer_path_.empty() ? kRunLayer : layer_path_[layer]; }
   // Fixes the path before the first forward step: INVALID_ARGUMENT for a malformed path,
   // FAILED_PRECONDITION once tokens are cached.
   absl::Status SetLayerPath(LayerPath path);
