@@ -315,6 +315,7 @@ absl::Status Coordinator::Reconfigure() {
     s.worker = task_map != nullptr && task_map->home_rank >= 0 ? task_map->home_rank : next_rank++ % ranks;
     ++it;
   }
+  CountRunningUsers();  // requests that failed above hold nothing
   return absl::OkStatus();
 }
 
@@ -357,10 +358,14 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Coordinator::Submit(GenerationSpe
     return absl::InvalidArgumentError(absl::StrCat("unknown layer router '", spec.layer_router, "' (loaded: ",
                                                    names.empty() ? "none" : names, ")"));
   }
-  if (!(spec.skip_threshold <= 1.0)) {
-    return absl::InvalidArgumentError(absl::StrCat("skip_threshold ", spec.skip_threshold, " is outside [0, 1]"));
+  if (spec.skip_threshold) {
+    if (!(*spec.skip_threshold >= 0.0 && *spec.skip_threshold <= 1.0)) {
+      return absl::InvalidArgumentError(absl::StrCat("skip_threshold ", *spec.skip_threshold, " is outside [0, 1]"));
+    }
+    if (layer_router == nullptr) return absl::InvalidArgumentError("skip_threshold needs a layer_router");
+  } else if (layer_router != nullptr) {
+    spec.skip_threshold = layer_router->skip_threshold;
   }
-  if (layer_router != nullptr && spec.skip_threshold < 0) spec.skip_threshold = layer_router->skip_threshold;
   if (static_cast<int>(queue_.size()) >= options_.max_queued) {
     metrics_->requests_rejected++;
     return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", options_.max_queued, " waiting)"));
@@ -385,6 +390,7 @@ void Coordinator::FailAll(const absl::Status& status) {
   queue_.clear();
   for (auto& [id, s] : running_) s.handle->Fail(status);
   running_.clear();
+  CountRunningUsers();
   metrics_->queue_depth = 0;
   metrics_->running = 0;
 }
@@ -468,10 +474,6 @@ void Coordinator::EngineLoop() {
     for (const auto& r : release_) any_release |= !r.empty();
     if (running_.empty() && !any_release) continue;
     StepOutcome outcome = RunStep();
-    {
-      absl::MutexLock lock(&mutex_);
-      CountRunningUsers();  // finished requests no longer hold their map or router
-    }
     if (!outcome.status.ok()) {
       // The step's effects are unknown on every worker: re-place (without the unreachable ones) and
       // resume every running request. A request whose steps keep failing ends after max_resumes.
@@ -489,6 +491,14 @@ void Coordinator::CountRunningUsers() {
   for (const auto& [id, r] : running_) {
     if (!r.spec.task.empty()) running_tasks_[r.spec.task]++;
     if (!r.spec.layer_router.empty()) running_layer_routers_[r.spec.layer_router]++;
+  }
+}
+
+void Coordinator::ReleaseUsers(const GenerationSpec& spec) {
+  absl::MutexLock lock(&mutex_);
+  if (auto t = running_tasks_.find(spec.task); t != running_tasks_.end() && t->second > 0) --t->second;
+  if (auto l = running_layer_routers_.find(spec.layer_router); l != running_layer_routers_.end() && l->second > 0) {
+    --l->second;
   }
 }
 
@@ -515,6 +525,7 @@ Coordinator::StepOutcome Coordinator::RunStep() {
     Sequence& s = it->second;
     if (s.handle->cancelled()) {  // client gone or stop string: free it now
       if (s.started) requests[s.worker].add_release(s.id);
+      ReleaseUsers(s.spec);
       s.handle->Finish(v1::FINISH_REASON_ABORT);
       it = running_.erase(it);
       continue;
@@ -532,7 +543,7 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       work->set_seed(s.spec.sampling.seed);
       work->set_expert_map(s.spec.task);
       work->set_layer_router(s.spec.layer_router);
-      work->set_skip_threshold(static_cast<float>(s.spec.skip_threshold));
+      work->set_skip_threshold(static_cast<float>(s.spec.skip_threshold.value_or(0.0)));
       s.started = true;
     } else {
       work->add_tokens(s.generated.back());
@@ -605,13 +616,7 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       const bool eos = std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(), r.token()) !=
                        config_.eos_token_ids.end();
       const bool last = eos || static_cast<int64_t>(s.generated.size()) + 1 >= s.spec.max_tokens;
-      if (last) {  // before the client can see it done: its map and router are free from now on
-        absl::MutexLock lock(&mutex_);
-        if (auto t = running_tasks_.find(s.spec.task); t != running_tasks_.end() && t->second > 0) --t->second;
-        if (auto l = running_layer_routers_.find(s.spec.layer_router); l != running_layer_routers_.end() && l->second > 0) {
-          --l->second;
-        }
-      }
+      if (last) ReleaseUsers(s.spec);
       s.handle->Push(r.token(), r.all2all_bytes(), r.layers_executed(),
                      !last ? v1::FINISH_REASON_UNSPECIFIED : eos ? v1::FINISH_REASON_EOS : v1::FINISH_REASON_LENGTH);
       metrics_->tokens_generated++;

@@ -58,7 +58,7 @@ struct GenerationSpec {
   SamplingParams sampling;
   std::string task;
   std::string layer_router;     // Dr.LLM layer router name; empty = every layer once
-  double skip_threshold = -1;   // < 0: the router's default
+  std::optional<double> skip_threshold;  // in [0, 1], with a layer_router only; none: the router's default
 };
 
 // What the scheduler has produced for one request; shared by the scheduler (producer) and the
@@ -208,6 +208,9 @@ class Coordinator final : public v1::Coordinator::Service {
   StepOutcome RunStep();
   // Refreshes running_tasks_ and running_layer_routers_ from running_ (engine loop thread).
   void CountRunningUsers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // A running request is done (finished or cancelled): its map and router are free from now on. Called
+  // before its client can see it done, so that a Remove right after succeeds.
+  void ReleaseUsers(const GenerationSpec& spec) ABSL_LOCKS_EXCLUDED(mutex_);
   void MarkDead(int slot, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void FailAll(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 

@@ -28,13 +28,7 @@ absl::StatusOr<GenerationSpec> InferenceService::ToSpec(const v1::GenerateReques
   }
   spec.task = r.task();
   spec.layer_router = r.layer_router();
-  if (r.has_skip_threshold()) {
-    if (!(r.skip_threshold() >= 0.0f && r.skip_threshold() <= 1.0f)) {
-      return absl::InvalidArgumentError(absl::StrCat("skip_threshold ", r.skip_threshold(), " is outside [0, 1]"));
-    }
-    if (r.layer_router().empty()) return absl::InvalidArgumentError("skip_threshold needs a layer_router");
-    spec.skip_threshold = r.skip_threshold();
-  }
+  if (r.has_skip_threshold()) spec.skip_threshold = r.skip_threshold();
   return spec;
 }
 
