@@ -54,6 +54,24 @@ void ShardMapToProto(const ShardMap& m, v1::ShardMapProto* p) {
   }
 }
 
+namespace {
+
+// An artifact a LoadShardRequest names (expert map, layer router), as read from `path`: it must read,
+// carry `name`, and pass `validate`. Anything else is FAILED_PRECONDITION: the coordinator checked it
+// already, so the file changed or the worker serves another model.
+template <typename Artifact, typename Validate>
+absl::StatusOr<Artifact> CheckedArtifact(const std::string& name, const std::string& path, const char* kind,
+                                         absl::StatusOr<Artifact> read, const Validate& validate) {
+  if (!read.ok()) return absl::FailedPreconditionError(read.status().message());
+  if (read->name != name) {
+    return absl::FailedPreconditionError(absl::StrCat(kind, " at ", path, " is named '", read->name, "', not '", name, "'"));
+  }
+  if (absl::Status s = validate(*read); !s.ok()) return absl::FailedPreconditionError(s.message());
+  return read;
+}
+
+}  // namespace
+
 WorkerService::WorkerService(Options options) : options_(std::move(options)), pool_(std::make_unique<ThreadPool>(options_.threads)) {}
 
 grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardRequest* request,
@@ -82,29 +100,17 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
   std::vector<ExpertMap> maps;
   std::vector<int64_t> merged_experts(static_cast<size_t>(config.num_layers), 0);
   for (const v1::ExpertMapRef& ref : request->expert_maps()) {
-    auto map = ReadExpertMap(ref.path(), /*with_weights=*/true);
-    if (!map.ok()) return ToGrpcStatus(absl::FailedPreconditionError(map.status().message()));
-    if (map->name != ref.name()) {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          absl::StrCat("expert map at ", ref.path(), " is named '", map->name, "', not '", ref.name(), "'"));
-    }
-    if (absl::Status s = ValidateExpertMap(*map, *identity_, config.top_k); !s.ok()) {
-      return ToGrpcStatus(absl::FailedPreconditionError(s.message()));
-    }
+    auto map = CheckedArtifact(ref.name(), ref.path(), "expert map", ReadExpertMap(ref.path(), /*with_weights=*/true),
+                               [&](const ExpertMap& m) { return ValidateExpertMap(m, *identity_, config.top_k); });
+    if (!map.ok()) return ToGrpcStatus(map.status());
     for (const LayerExpertMap& lm : map->layers) merged_experts[lm.layer] += static_cast<int64_t>(lm.merged.size());
     maps.push_back(std::move(*map));
   }
   std::map<std::string, LayerRouter> layer_routers;
   for (const v1::LayerRouterRef& ref : request->layer_routers()) {
-    auto router = ReadLayerRouter(ref.path());
-    if (!router.ok()) return ToGrpcStatus(absl::FailedPreconditionError(router.status().message()));
-    if (router->name != ref.name()) {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          absl::StrCat("layer router at ", ref.path(), " is named '", router->name, "', not '", ref.name(), "'"));
-    }
-    if (absl::Status s = ValidateLayerRouter(*router, *identity_); !s.ok()) {
-      return ToGrpcStatus(absl::FailedPreconditionError(s.message()));
-    }
+    auto router = CheckedArtifact(ref.name(), ref.path(), "layer router", ReadLayerRouter(ref.path()),
+                                  [&](const LayerRouter& r) { return ValidateLayerRouter(r, *identity_); });
+    if (!router.ok()) return ToGrpcStatus(router.status());
     layer_routers[ref.name()] = std::move(*router);
   }
   auto map = ShardMapFromProto(request->shard_map(), config, merged_experts);
