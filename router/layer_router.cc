@@ -64,25 +64,33 @@ struct MlpGrad {
   }
 };
 
-// Adds the gradient of alpha-weighted focal loss for one example into `grad`; returns (loss, logits).
-float Backprop(const RouterMlp& mlp, const RouterExample& ex, int64_t d, float alpha, float gamma, MlpGrad* grad,
-               ClassScores* logits_out) {
-  const int64_t windows = static_cast<int64_t>(ex.windows.size()) / d;
-  std::vector<float> pre(static_cast<size_t>(windows * kRouterBottleneck));
-  std::vector<float> act(pre.size());
+// Logits of one MLP over pooled windows [n, d], averaged over the windows; keeps each window's fc1
+// output before (pre) and after (act) GELU, [n, kRouterBottleneck], for the backward pass.
+ClassScores ForwardWindows(const RouterMlp& mlp, std::span<const float> windows, int64_t d, std::vector<float>* pre,
+                           std::vector<float>* act) {
+  const int64_t n = static_cast<int64_t>(windows.size()) / d;
+  pre->resize(static_cast<size_t>(n * kRouterBottleneck));
+  act->resize(pre->size());
   ClassScores logits{};
-  for (int64_t w = 0; w < windows; ++w) {
-    float* a = pre.data() + w * kRouterBottleneck;
-    Fc1(mlp, ex.windows.data() + w * d, d, a);
-    float* g = act.data() + w * kRouterBottleneck;
+  for (int64_t w = 0; w < n; ++w) {
+    float* a = pre->data() + w * kRouterBottleneck;
+    Fc1(mlp, windows.data() + w * d, d, a);
+    float* g = act->data() + w * kRouterBottleneck;
     for (int64_t j = 0; j < kRouterBottleneck; ++j) g[j] = Gelu(a[j]);
     for (int64_t c = 0; c < kRouterClasses; ++c) {
-      logits[c] += (mlp.fc2_bias[c] + Dot(mlp.fc2_weight.data() + c * kRouterBottleneck, g, kRouterBottleneck)) / windows;
+      logits[c] += (mlp.fc2_bias[c] + Dot(mlp.fc2_weight.data() + c * kRouterBottleneck, g, kRouterBottleneck)) / n;
     }
   }
+  return logits;
+}
+
+// Adds the gradient of alpha-weighted focal loss for one example into `grad`.
+void Backprop(const RouterMlp& mlp, const RouterExample& ex, int64_t d, float alpha, float gamma, MlpGrad* grad) {
+  const int64_t windows = static_cast<int64_t>(ex.windows.size()) / d;
+  std::vector<float> pre, act;
+  const ClassScores logits = ForwardWindows(mlp, ex.windows, d, &pre, &act);
   ClassScores dz;
-  const float loss = FocalLoss(logits, ex.label, alpha, gamma, &dz);
-  *logits_out = logits;
+  FocalLoss(logits, ex.label, alpha, gamma, &dz);
   std::vector<float> da(static_cast<size_t>(kRouterBottleneck));
   for (int64_t c = 0; c < kRouterClasses; ++c) grad->fc2_bias[c] += dz[c];
   for (int64_t w = 0; w < windows; ++w) {
@@ -101,7 +109,6 @@ float Backprop(const RouterMlp& mlp, const RouterExample& ex, int64_t d, float a
       Axpy(daj, x, grad->fc1_weight.data() + j * d, d);
     }
   }
-  return loss;
 }
 
 int Argmax(const ClassScores& s) { return static_cast<int>(std::max_element(s.begin(), s.end()) - s.begin()); }
@@ -124,17 +131,8 @@ std::vector<float> PooledWindows(const float* hidden, int64_t rows, int64_t d) {
 }
 
 ClassScores RouterLogits(const RouterMlp& mlp, std::span<const float> windows, int64_t d) {
-  const int64_t n = static_cast<int64_t>(windows.size()) / d;
-  ClassScores logits{};
-  std::vector<float> a(static_cast<size_t>(kRouterBottleneck));
-  for (int64_t w = 0; w < n; ++w) {
-    Fc1(mlp, windows.data() + w * d, d, a.data());
-    for (float& v : a) v = Gelu(v);
-    for (int64_t c = 0; c < kRouterClasses; ++c) {
-      logits[c] += (mlp.fc2_bias[c] + Dot(mlp.fc2_weight.data() + c * kRouterBottleneck, a.data(), kRouterBottleneck)) / n;
-    }
-  }
-  return logits;
+  std::vector<float> pre, act;
+  return ForwardWindows(mlp, windows, d, &pre, &act);
 }
 
 ClassScores Softmax3(const ClassScores& z) {
@@ -234,10 +232,9 @@ absl::Status TrainLayerRouter(std::span<const RouterExample> examples, const Rou
       for (size_t first = 0; first < order.size(); first += static_cast<size_t>(options.batch_size)) {
         const size_t end = std::min(order.size(), first + static_cast<size_t>(options.batch_size));
         grad.Zero();
-        ClassScores logits;
         for (size_t i = first; i < end; ++i) {
           const RouterExample& ex = *data[order[i]];
-          Backprop(mlp, ex, d, info.class_weights[ex.label], options.gamma, &grad, &logits);
+          Backprop(mlp, ex, d, info.class_weights[ex.label], options.gamma, &grad);
         }
         const float inv = 1.0f / static_cast<float>(end - first);
         for (auto* g : {&grad.fc1_weight, &grad.fc1_bias, &grad.fc2_weight, &grad.fc2_bias}) {

@@ -137,8 +137,7 @@ absl::StatusOr<std::vector<LabeledPrompt>> SearchLayerPaths(Model& model, const 
       active.push_back(i);
     }
     std::vector<GenerationRequest> requests;
-    std::vector<size_t> asked;
-    std::vector<size_t> still_active;
+    std::vector<size_t> still_active;  // each asked for one generation below, in order
     for (size_t i : active) {
       std::optional<LayerPath> path = searches[i]->Next();
       if (!path) {  // this prompt's search is over
@@ -152,20 +151,15 @@ absl::StatusOr<std::vector<LabeledPrompt>> SearchLayerPaths(Model& model, const 
       r.max_tokens = max_tokens;
       r.layer_path = std::move(*path);
       requests.push_back(std::move(r));
-      asked.push_back(i);
       still_active.push_back(i);
     }
     active = std::move(still_active);
     if (requests.empty()) continue;
     MOE_ASSIGN_OR_RETURN(std::vector<GenerationResult> results, Generate(model, requests));
-    const auto& eos = model.config().eos_token_ids;
-    for (size_t j = 0; j < asked.size(); ++j) {
+    for (size_t j = 0; j < active.size(); ++j) {
       std::vector<int32_t>& tokens = results[j].tokens;
-      if (results[j].finish == FinishReason::kEos && !tokens.empty() &&
-          std::find(eos.begin(), eos.end(), tokens.back()) != eos.end()) {
-        tokens.pop_back();
-      }
-      searches[asked[j]]->Report(tokenizer.Decode(tokens) == answers[asked[j]]);
+      if (results[j].finish == FinishReason::kEos) tokens.pop_back();  // kEos: the last token is the EOS
+      searches[active[j]]->Report(tokenizer.Decode(tokens) == answers[active[j]]);
     }
   }
   return out;
