@@ -88,7 +88,8 @@ Coordinator::Coordinator(const CoordinatorOptions& options, ModelConfig config, 
       identity_(std::move(identity)),
       metrics_(std::make_unique<ClusterMetrics>(static_cast<int>(config_.num_layers), static_cast<int>(config_.num_experts),
                                                 options.num_workers)),
-      release_(static_cast<size_t>(options.num_workers)) {}
+      release_(static_cast<size_t>(options.num_workers)),
+      admission_(options.batch) {}
 
 Coordinator::~Coordinator() { Shutdown(); }
 
@@ -332,9 +333,9 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Coordinator::Submit(GenerationSpe
                                                    ") is longer than the context of ", config_.max_position_embeddings));
   }
   MOE_RETURN_IF_ERROR(spec.sampling.Validate());
-  if (static_cast<int64_t>(spec.prompt.size()) > options_.max_batch_tokens) {
+  if (static_cast<int64_t>(spec.prompt.size()) > options_.batch.max_batch_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat("prompt of ", spec.prompt.size(), " tokens exceeds the batch limit of ",
-                                                     options_.max_batch_tokens, " tokens"));
+                                                     options_.batch.max_batch_tokens, " tokens"));
   }
   absl::MutexLock lock(&mutex_);
   if (!ready_ || stopping_) return absl::UnavailableError("the cluster is not serving (starting or stopping)");
@@ -441,29 +442,18 @@ void Coordinator::EngineLoop() {
     }
     {
       absl::MutexLock lock(&mutex_);
-      const int ranks = static_cast<int>(rank_slot_.size());
-      // Admission: FIFO, bounded by running slots and prompt tokens per step.
-      int64_t budget = options_.max_batch_tokens;
-      while (ranks > 0 && !queue_.empty() && static_cast<int>(running_.size()) < options_.max_running &&
-             static_cast<int64_t>(queue_.front().spec.prompt.size()) <= budget) {
+      std::vector<int> running_per_rank(rank_slot_.size(), 0);
+      for (const auto& [id, r] : running_) ++running_per_rank[r.worker];
+      admission_.BeginStep(std::move(running_per_rank));
+      while (!queue_.empty()) {
+        // A task's requests run where its expert map lives (when it has a home).
+        const LoadedMap* task_map = FindMap(queue_.front().spec.task);
+        const std::optional<int> rank = admission_.Admit(static_cast<int64_t>(queue_.front().spec.prompt.size()),
+                                                         task_map != nullptr ? task_map->home_rank : -1);
+        if (!rank) break;
         Sequence s = std::move(queue_.front());
         queue_.pop_front();
-        budget -= static_cast<int64_t>(s.spec.prompt.size());
-        // A task's requests run where its expert map lives. Otherwise the least loaded rank; ties go
-        // round-robin, so that light traffic still reaches every worker.
-        if (const LoadedMap* task_map = FindMap(s.spec.task); task_map != nullptr && task_map->home_rank >= 0) {
-          s.worker = task_map->home_rank;
-          running_.emplace(s.id, std::move(s));
-          continue;
-        }
-        std::vector<int> load(static_cast<size_t>(ranks), 0);
-        for (const auto& [id, r] : running_) ++load[r.worker];
-        int best = -1;
-        for (int k = 1; k <= ranks; ++k) {
-          const int rank = (last_assigned_rank_ + k) % ranks;
-          if (best < 0 || load[rank] < load[best]) best = rank;
-        }
-        s.worker = last_assigned_rank_ = best;
+        s.worker = *rank;
         running_.emplace(s.id, std::move(s));
       }
       metrics_->queue_depth = static_cast<int64_t>(queue_.size());

@@ -26,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "checkpoint/model_config.h"
 #include "common/shard_map.h"
+#include "coordinator/batching.h"
 #include "coordinator/metrics.h"
 #include "coordinator/placement.h"
 #include "engine/sampler.h"
@@ -39,8 +40,7 @@ struct CoordinatorOptions {
   std::string model_dir;
   int num_workers = 1;
   int max_queued = 256;             // waiting requests beyond this: RESOURCE_EXHAUSTED
-  int max_running = 64;             // sequences in the running batch
-  int64_t max_batch_tokens = 4096;  // prompt tokens admitted per step (a longer prompt is refused)
+  BatchLimits batch;  // admission per engine step; a prompt longer than batch.max_batch_tokens is refused
   std::chrono::milliseconds heartbeat_timeout{1500};
   std::chrono::milliseconds step_timeout{60000};
   int max_resumes = 3;  // a request resumed more often than this fails (a step that fails every time)
@@ -241,7 +241,7 @@ class Coordinator final : public v1::Coordinator::Service {
   std::map<uint64_t, Sequence> running_;
   std::vector<std::vector<uint64_t>> release_;  // per rank, sent with the next step
   uint64_t step_id_ = 0;
-  int last_assigned_rank_ = -1;
+  BatchAdmission admission_;
   std::thread engine_thread_;
 };
 

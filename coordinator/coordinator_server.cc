@@ -41,8 +41,8 @@ CoordinatorServerOptions CoordinatorServerOptionsFromFlags() {
   o.coordinator.model_dir = absl::GetFlag(FLAGS_model);
   o.coordinator.num_workers = absl::GetFlag(FLAGS_workers);
   o.coordinator.max_queued = absl::GetFlag(FLAGS_max_queued);
-  o.coordinator.max_running = absl::GetFlag(FLAGS_max_running);
-  o.coordinator.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  o.coordinator.batch.max_running = absl::GetFlag(FLAGS_max_running);
+  o.coordinator.batch.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
   o.coordinator.heartbeat_timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_heartbeat_timeout_ms));
   o.coordinator.placement.replicate_above = absl::GetFlag(FLAGS_replicate_above);
   o.coordinator.placement.task_maps_at_home = absl::GetFlag(FLAGS_task_maps_at_home);
