@@ -8,8 +8,8 @@ namespace moe::sim {
 namespace {
 
 absl::Status Join(Topology* t, int a, int b, const std::string& name, double bandwidth, Nanos latency) {
-  MOE_RETURN_IF_ERROR(t->Connect(a, b, {name, bandwidth, latency}).status());
-  return t->Connect(b, a, {name, bandwidth, latency}).status();
+  MOE_RETURN_IF_ERROR(t->Connect(a, b, {name + ".tx", bandwidth, latency}).status());
+  return t->Connect(b, a, {name + ".rx", bandwidth, latency}).status();
 }
 
 absl::Status CheckShape(const ClusterShape& s) {

@@ -1,5 +1,6 @@
 // Ready-made topologies. Every accelerator (or CPU worker) is a node named "h<host>.g<local>"; switches
-// are extra nodes. Links are bidirectional. Bandwidths are in bytes per second.
+// are extra nodes. Links are bidirectional: a pair named "<port>.tx" (from the node nearer the
+// accelerator) and "<port>.rx". Bandwidths are in bytes per second.
 #ifndef MOE_SIMULATION_PRESETS_H_
 #define MOE_SIMULATION_PRESETS_H_
 

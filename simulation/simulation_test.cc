@@ -236,8 +236,8 @@ TEST(PresetTest, RailOptimizedRoutesSameRankTrafficOverItsRailAndFatTreeOverTheS
   // h0.g3 -> h2.g3: NIC up to rail 3 and down: 2 links, both NICs.
   MOE_ASSERT_OK_AND_ASSIGN(std::vector<int> path, rails.Route(p.nodes[3], p.nodes[2 * 8 + 3]));
   ASSERT_EQ(path.size(), 2u);
-  EXPECT_EQ(net.link(path[0]).name, "h0.nic3");
-  EXPECT_EQ(net.link(path[1]).name, "h2.nic3");
+  EXPECT_EQ(net.link(path[0]).name, "h0.nic3.tx");
+  EXPECT_EQ(net.link(path[1]).name, "h2.nic3.rx");
 
   Simulator sim2;
   Network net2(&sim2);

@@ -15,6 +15,13 @@ int Topology::AddNode(const std::string& name) {
   return num_nodes() - 1;
 }
 
+int Topology::FindNode(const std::string& name) const {
+  for (int n = 0; n < num_nodes(); ++n) {
+    if (names_[n] == name) return n;
+  }
+  return -1;
+}
+
 absl::StatusOr<int> Topology::Connect(int from, int to, const LinkSpec& spec) {
   if (from < 0 || from >= num_nodes() || to < 0 || to >= num_nodes()) {
     return absl::InvalidArgumentError(absl::StrCat("link '", spec.name, "' connects a node that does not exist (",

@@ -18,6 +18,8 @@ class Topology {
 
   int AddNode(const std::string& name);
   int num_nodes() const { return static_cast<int>(names_.size()); }
+  // The node named `name`; -1 if none.
+  int FindNode(const std::string& name) const;
   // A directed link from -> to; INVALID_ARGUMENT naming the link for unknown nodes or a bad spec.
   absl::StatusOr<int> Connect(int from, int to, const LinkSpec& spec);
   // Fewest-hop path (link ids) from -> to; ties go to the lower link id. NOT_FOUND if unreachable.

@@ -1,0 +1,119 @@
+// The serving simulation: a cluster of replicas, each an expert-parallel group of workers run by one
+// coordinator, serving a request stream step by step as the live cluster does: the coordinator's own
+// admission policy (coordinator/batching.h) and expert placement (coordinator/placement.h), driven by
+// the simulator's clock; every worker runs attention for its own sequences and the experts it owns;
+// tokens cross the network to their experts' owners and back each MoE layer.
+//
+// Two fidelities share everything but the step's inner timing:
+//   flow  - every token's experts are drawn, every layer is a chain of events per worker (attention,
+//           dispatch flows on the topology under max-min fair sharing, expert compute, combine flows);
+//           for validation and small clusters.
+//   fluid - expected routing, and a layer's exchange takes the time its busiest endpoint (a worker's
+//           NVLink/loopback port or its NIC) needs; one event per step. For planning at scale: it ignores
+//           congestion inside the fabric (non-blocking switches) and the spread of small-batch routing.
+#ifndef MOE_SIMULATION_SERVING_H_
+#define MOE_SIMULATION_SERVING_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "checkpoint/model_config.h"
+#include "coordinator/batching.h"
+#include "coordinator/placement.h"
+#include "simulation/compute.h"
+#include "simulation/presets.h"
+#include "simulation/workload.h"
+
+namespace moe::sim {
+
+enum class Fidelity { kFlow, kFluid };
+// "fidelity": "auto" picks flow up to this many workers in all (flow costs tens of thousands of events
+// per step at 8 workers), fluid beyond.
+inline constexpr int kAutoFlowWorkers = 4;
+
+struct ClusterSpec {
+  std::string name = "cluster";
+  DeviceProfile device;
+  // "loopback" (this machine: shape.intra_host_bandwidth/latency is each worker's port), "single_node",
+  // "rail_optimized", "fat_tree" (presets.h, with `shape`), or "json" (topology_json; flow only).
+  std::string topology = "loopback";
+  ClusterShape shape;
+  std::string topology_json;
+  std::vector<std::string> json_accelerators;  // topology "json": the nodes the workers run on, in rank order
+  std::string all_to_all = "direct";           // or "hierarchical" (DeepEP's internode scheme)
+  int workers = 1;   // per replica: the expert-parallel size
+  int replicas = 1;  // independent copies of the model behind one load balancer (round-robin)
+  Nanos step_overhead = 0;        // fixed cost of one engine step (scheduling, RPCs, sampling)
+  Nanos collective_overhead = 0;  // software cost of one all-to-all on every worker (dispatch or combine)
+  double compute_share = 1;       // share of the device one worker gets (CPU workers sharing cores)
+  int max_queued = 256;           // per replica: waiting requests beyond this are refused
+  BatchLimits batch;
+  PlacementOptions placement;
+  double device_hour_cost = 1;    // for moe-plan's ranking
+  Fidelity fidelity = Fidelity::kFluid;
+
+  int total_workers() const { return workers * replicas; }
+  // From a JSON object (see README "Simulator"); INVALID_ARGUMENT naming the field. `base_dir` resolves
+  // a relative "topology_file".
+  static absl::StatusOr<ClusterSpec> FromJson(const std::string& json_text, const std::string& source,
+                                              const std::string& base_dir);
+  absl::Status Validate(const ModelShape& model) const;
+};
+
+// Latency percentiles from a log-bucketed histogram (1% relative resolution).
+class LatencyHistogram {
+ public:
+  void Add(Nanos value);
+  int64_t count() const { return count_; }
+  double Percentile(double q) const;  // seconds; 0 when empty
+  double MeanSeconds() const { return count_ ? sum_ns_ / static_cast<double>(count_) * 1e-9 : 0; }
+  // (seconds, cumulative fraction) at every non-empty bucket, for a CDF plot.
+  std::vector<std::pair<double, double>> Cdf() const;
+
+ private:
+  std::vector<int64_t> buckets_;
+  int64_t count_ = 0;
+  double sum_ns_ = 0;
+};
+
+struct LinkReport {
+  std::string name;
+  double bytes = 0;
+  double utilization = 0;  // bytes / (bandwidth x makespan)
+};
+
+struct WorkerReport {
+  int replica = 0, rank = 0;
+  int64_t expert_tokens = 0;  // token-expert pairs computed
+  double busy_fraction = 0;   // compute time / makespan
+};
+
+struct SimReport {
+  int64_t requests = 0, completed = 0, rejected = 0;
+  int64_t tokens = 0;
+  double makespan_s = 0;  // first arrival to last token
+  double tokens_per_s = 0, requests_per_s = 0;
+  LatencyHistogram ttft, inter_token, end_to_end;
+  double all2all_bytes = 0;      // bytes that left a worker, all layers, dispatch and combine
+  double layers_per_token = 0;   // layers run per token processed
+  int64_t steps = 0;
+  uint64_t events = 0;
+  std::vector<LinkReport> links;      // flow: every link; fluid: each worker's ports
+  std::vector<WorkerReport> workers;
+  // Link utilization over time: interval length, and per interval the busiest link's and the mean
+  // utilization over all links.
+  double series_interval_s = 0;
+  std::vector<double> busiest_link_series, mean_link_series;
+};
+
+// Runs the request stream to completion (every admitted request finishes). INVALID_ARGUMENT for an
+// inconsistent cluster (too few accelerators in the topology, more experts than slots, ...).
+absl::StatusOr<SimReport> SimulateServing(const ModelConfig& config, const ModelShape& shape,
+                                          const ExpertPopularity& popularity, const ClusterSpec& cluster,
+                                          const WorkloadSpec& workload, const std::vector<SimRequest>& requests);
+
+}  // namespace moe::sim
+
+#endif  // MOE_SIMULATION_SERVING_H_
