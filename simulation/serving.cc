@@ -133,6 +133,7 @@ absl::StatusOr<ClusterSpec> ClusterSpec::FromJson(const std::string& json_text, 
   c.collective_overhead = f.Int("collective_overhead_ns", 0, 0);
   c.compute_share = f.Number("compute_share", 1, 1e-6, 1);
   c.max_queued = static_cast<int>(f.Int("max_queued", c.max_queued, 0, 1 << 30));
+  c.expert_slots = static_cast<int>(f.Int("expert_slots", 0, 0, 1 << 20));
   c.batch.max_running = static_cast<int>(f.Int("max_running", c.batch.max_running, 1, 1 << 20));
   c.batch.max_batch_tokens = f.Int("max_batch_tokens", c.batch.max_batch_tokens, 1);
   c.placement.replicate_above = f.Number("replicate_above", 0);
@@ -241,6 +242,18 @@ class UtilizationSeries {
   Nanos width_ = 1'000'000;  // 1 ms to start
   std::vector<std::vector<double>> buckets_;
 };
+
+// The chance that a token's top_k distinct experts include at least one of a set holding `mass` of the
+// routing probability among `experts`: exact for uniform popularity (the set then counts mass x experts
+// experts; drawing without replacement), an estimate otherwise.
+double HitProbability(double mass, int64_t experts, int64_t top_k) {
+  const double held = mass * static_cast<double>(experts);
+  double miss = 1;
+  for (int64_t i = 0; i < top_k && i < experts; ++i) {
+    miss *= std::max(0.0, (static_cast<double>(experts - i) - held) / static_cast<double>(experts - i));
+  }
+  return 1.0 - miss;
+}
 
 struct Sequence {
   int64_t request = 0;
@@ -394,6 +407,21 @@ absl::Status ServingSimulation::Setup() {
     return ReadExpertLoadFile(workload_.expert_load_path, config_);
   }());
   MOE_ASSIGN_OR_RETURN(shard_map_, PlaceExperts(config_, cluster_.workers, load, cluster_.placement, /*epoch=*/1));
+  if (cluster_.expert_slots > 0) {
+    for (int64_t l = 0; l < shape_.layers; ++l) {
+      std::vector<int> held(static_cast<size_t>(cluster_.workers), 0);
+      for (const auto& owners : shard_map_.owners[l]) {
+        for (int w : owners) ++held[w];
+      }
+      for (int w = 0; w < cluster_.workers; ++w) {
+        if (held[w] > cluster_.expert_slots) {
+          return absl::InvalidArgumentError(absl::StrCat("cluster '", cluster_.name, "': expert_slots: worker ", w, " must hold ",
+                                                         held[w], " experts of layer ", l, " but has ", cluster_.expert_slots,
+                                                         " slots (more workers, or fewer replicas)"));
+        }
+      }
+    }
+  }
   const int W = cluster_.workers, R = cluster_.replicas;
   for (int r = 0; r < R; ++r) {
     Replica rep;
@@ -419,7 +447,7 @@ absl::Status ServingSimulation::Setup() {
     }
     for (int v = 0; v < W; ++v) {
       const double mass = std::accumulate(expert_share_[l][v].begin(), expert_share_[l][v].end(), 0.0);
-      q_[l][v] = 1.0 - std::pow(std::max(0.0, 1.0 - mass), static_cast<double>(shape_.top_k));
+      q_[l][v] = HitProbability(mass, shape_.num_experts, shape_.top_k);
     }
   }
 
@@ -619,9 +647,9 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
           // One copy per destination host, to the same local rank there, which forwards it inside.
           double to_hosts = 0;
           for (const auto& [other, mass] : mass_host) {
-            if (other != h) to_hosts += 1.0 - std::pow(std::max(0.0, 1.0 - mass), k);
+            if (other != h) to_hosts += HitProbability(mass, shape_.num_experts, shape_.top_k);
           }
-          const double into_host = 1.0 - std::pow(std::max(0.0, 1.0 - mass_host[h]), k);
+          const double into_host = HitProbability(mass_host[h], shape_.num_experts, shape_.top_k);
           send_inter = g * record * to_hosts + header * static_cast<double>(mass_host.size() - 1);
           recv_inter = into_host * record * (G - g_host[h]) / ranks_on_host[h] + header * static_cast<double>(mass_host.size() - 1);
           forward = into_host > 0 ? recv_inter * (q_host[h] / into_host) : 0;  // fanned out to the host's ranks
