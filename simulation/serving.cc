@@ -195,8 +195,8 @@ class UtilizationSeries {
   static constexpr int kMaxBuckets = 128;
   explicit UtilizationSeries(int links) : links_(links) {}
 
-  // `bytes[link]` moved during [t0, t1].
-  void Add(Nanos t0, Nanos t1, const std::vector<double>& bytes) {
+  // `bytes[i]` moved over link first_link + i during [t0, t1].
+  void Add(Nanos t0, Nanos t1, int first_link, const std::vector<double>& bytes) {
     while (t1 >= width_ * kMaxBuckets) Coarsen();
     if (t1 <= t0) t1 = t0 + 1;
     const int b0 = static_cast<int>(t0 / width_), b1 = static_cast<int>((t1 - 1) / width_);
@@ -205,8 +205,8 @@ class UtilizationSeries {
       const double hi = std::min<double>(static_cast<double>(t1), static_cast<double>(b + 1) * static_cast<double>(width_));
       const double share = (hi - lo) / static_cast<double>(t1 - t0);
       Bucket(b);
-      for (int l = 0; l < links_; ++l) {
-        if (bytes[l] != 0) buckets_[b][l] += bytes[l] * share;
+      for (size_t i = 0; i < bytes.size(); ++i) {
+        if (bytes[i] != 0) buckets_[b][first_link + i] += bytes[i] * share;
       }
     }
   }
@@ -362,7 +362,9 @@ class ServingSimulation {
   std::vector<WorkerBatch> ComposeBatches(Replica& r) const;
   Nanos FluidStepTime(const Replica& r, const std::vector<WorkerBatch>& batches);
   void RunFlowStep(Replica& r, std::vector<WorkerBatch> batches);
-  double FluidExpertTime(int layer, int rank, double general_tokens);
+  // Per (layer, rank): the time its experts take on `general_tokens` tokens routed by the full model
+  // (expected routing), memoized by the token count: a step reads one contiguous row.
+  const std::vector<Nanos>& FluidExpertTimes(double general_tokens);
 
   const ModelConfig& config_;
   const ModelShape& shape_;
@@ -384,16 +386,24 @@ class ServingSimulation {
   std::vector<std::vector<double>> cumulative_;                     // [layer][expert]
   // Fluid: per layer, P(a token has >= 1 expert on rank v) and expected tokens per (rank, its experts).
   std::vector<std::vector<double>> q_;                              // [layer][rank]
-  std::vector<std::vector<int>> host_of_rank_;                      // [replica][rank]
+  std::vector<std::vector<double>> mass_;                           // [layer][rank]: routing probability it serves
   std::vector<std::vector<std::vector<double>>> expert_share_;     // [layer][rank] -> popularity of each expert it serves
-  std::map<std::tuple<int, int, int64_t>, Nanos> expert_time_memo_;
+  std::vector<std::vector<Nanos>> expert_time_memo_;  // [general tokens][layer * workers + rank]; empty: not yet
+  // Fluid: where each replica's ranks sit, and per layer the chance a token reaches each host.
+  struct FluidLayout {
+    std::vector<int> host;           // rank -> host index within the replica
+    std::vector<int> ranks_on_host;
+    std::vector<std::vector<double>> q_host, hit_host;  // [layer][host]: sum of q over its ranks; P(>= 1 expert there)
+    std::vector<double> q_total, hit_total;              // [layer]
+  };
+  std::vector<FluidLayout> fluid_layout_;
   std::vector<double> port_bandwidth_;  // fluid ports: [(replica*W + rank)*2 + {0 intra, 1 nic}]
   std::vector<double> fluid_port_bytes_;
 
   // Results.
   SimReport report_;
   std::vector<double> worker_busy_ns_;
-  std::vector<int64_t> worker_expert_tokens_;
+  std::vector<double> worker_expert_tokens_;  // token-expert pairs (fluid: expected)
   std::unique_ptr<UtilizationSeries> series_;
   std::vector<double> last_carried_;  // flow: carried bytes per link at the last step end
   Nanos first_arrival_ = -1, last_token_ = 0;
@@ -430,11 +440,12 @@ absl::Status ServingSimulation::Setup() {
     replicas_.push_back(std::move(rep));
   }
   worker_busy_ns_.assign(static_cast<size_t>(W * R), 0);
-  worker_expert_tokens_.assign(static_cast<size_t>(W * R), 0);
+  worker_expert_tokens_.assign(static_cast<size_t>(W * R), 0.0);
 
   // Expert popularity each rank serves, per layer (replicas split an expert's tokens evenly).
   expert_share_.assign(static_cast<size_t>(shape_.layers), std::vector<std::vector<double>>(static_cast<size_t>(W)));
   q_.assign(static_cast<size_t>(shape_.layers), std::vector<double>(static_cast<size_t>(W), 0.0));
+  mass_ = q_;
   cumulative_.assign(static_cast<size_t>(shape_.layers), {});
   for (int64_t l = 0; l < shape_.layers; ++l) {
     if (!shape_.moe_layer[l]) continue;
@@ -446,8 +457,8 @@ absl::Status ServingSimulation::Setup() {
       for (int v : owners) expert_share_[l][v].push_back(p / static_cast<double>(owners.size()));
     }
     for (int v = 0; v < W; ++v) {
-      const double mass = std::accumulate(expert_share_[l][v].begin(), expert_share_[l][v].end(), 0.0);
-      q_[l][v] = HitProbability(mass, shape_.num_experts, shape_.top_k);
+      mass_[l][v] = std::accumulate(expert_share_[l][v].begin(), expert_share_[l][v].end(), 0.0);
+      q_[l][v] = HitProbability(mass_[l][v], shape_.num_experts, shape_.top_k);
     }
   }
 
@@ -486,9 +497,29 @@ absl::Status ServingSimulation::Setup() {
   } else {
     // Fluid: each worker has an intra-host port and a NIC. Loopback and single node: every worker on one host.
     const bool one_host = cluster_.topology == "loopback" || cluster_.topology == "single_node";
-    host_of_rank_.assign(static_cast<size_t>(R), std::vector<int>(static_cast<size_t>(W)));
     for (int r = 0; r < R; ++r) {
-      for (int w = 0; w < W; ++w) host_of_rank_[r][w] = one_host ? 0 : (r * W + w) / cluster_.shape.gpus_per_host;
+      FluidLayout layout;
+      std::map<int, int> host_index;  // global host -> index within the replica
+      for (int w = 0; w < W; ++w) {
+        const int global = one_host ? 0 : (r * W + w) / cluster_.shape.gpus_per_host;
+        auto it = host_index.emplace(global, static_cast<int>(host_index.size())).first;
+        layout.host.push_back(it->second);
+      }
+      layout.ranks_on_host.assign(host_index.size(), 0);
+      for (int h : layout.host) ++layout.ranks_on_host[h];
+      for (int64_t l = 0; l < shape_.layers; ++l) {
+        std::vector<double> q_host(host_index.size(), 0.0), mass_host(host_index.size(), 0.0), hit_host(host_index.size(), 0.0);
+        for (int w = 0; w < W; ++w) {
+          q_host[layout.host[w]] += q_[l][w];
+          mass_host[layout.host[w]] += mass_[l][w];
+        }
+        for (size_t h = 0; h < hit_host.size(); ++h) hit_host[h] = HitProbability(mass_host[h], shape_.num_experts, shape_.top_k);
+        layout.q_total.push_back(std::accumulate(q_host.begin(), q_host.end(), 0.0));
+        layout.hit_total.push_back(std::accumulate(hit_host.begin(), hit_host.end(), 0.0));
+        layout.q_host.push_back(std::move(q_host));
+        layout.hit_host.push_back(std::move(hit_host));
+      }
+      fluid_layout_.push_back(std::move(layout));
     }
     for (int g = 0; g < W * R; ++g) {
       port_bandwidth_.push_back(cluster_.shape.intra_host_bandwidth);
@@ -582,27 +613,33 @@ std::vector<WorkerBatch> ServingSimulation::ComposeBatches(Replica& r) const {
   return batches;
 }
 
-double ServingSimulation::FluidExpertTime(int layer, int rank, double general_tokens) {
-  const int64_t tokens = std::llround(general_tokens);
-  const auto key = std::make_tuple(layer, rank, tokens);
-  if (auto it = expert_time_memo_.find(key); it != expert_time_memo_.end()) return static_cast<double>(it->second);
-  Nanos t = 0;
-  for (double share : expert_share_[layer][rank]) {
-    t += FfnTime(static_cast<double>(tokens) * static_cast<double>(shape_.top_k) * share, shape_.expert_ffn);
+const std::vector<Nanos>& ServingSimulation::FluidExpertTimes(double general_tokens) {
+  const size_t tokens = static_cast<size_t>(general_tokens + 0.5);
+  if (tokens >= expert_time_memo_.size()) expert_time_memo_.resize(tokens + 1);
+  std::vector<Nanos>& times = expert_time_memo_[tokens];
+  if (!times.empty()) return times;
+  const int W = cluster_.workers;
+  times.assign(static_cast<size_t>(shape_.layers * W), 0);
+  for (int64_t l = 0; l < shape_.layers; ++l) {
+    for (int v = 0; v < W; ++v) {
+      for (double share : expert_share_[l][v]) {
+        times[l * W + v] += FfnTime(static_cast<double>(tokens) * static_cast<double>(shape_.top_k) * share, shape_.expert_ffn);
+      }
+    }
   }
-  expert_time_memo_.emplace(key, t);
-  return static_cast<double>(t);
+  return times;
 }
 
 Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<WorkerBatch>& batches) {
   const int W = cluster_.workers;
   const double k = static_cast<double>(shape_.top_k);
   const bool hierarchical = cluster_.all_to_all == "hierarchical";
-  const std::vector<int>& host = host_of_rank_[r.index];
-  std::map<int, int> ranks_on_host;
-  for (int w = 0; w < W; ++w) ranks_on_host[host[w]]++;
+  const FluidLayout& layout = fluid_layout_[r.index];
+  const std::vector<int>& host = layout.host;
+  const std::vector<int>& ranks_on_host = layout.ranks_on_host;
+  const int num_hosts = static_cast<int>(ranks_on_host.size());
   double G = 0;
-  std::map<int, double> g_host;
+  std::vector<double> g_host(static_cast<size_t>(num_hosts), 0.0);
   for (int w = 0; w < W; ++w) {
     G += batches[w].general_tokens;
     g_host[host[w]] += batches[w].general_tokens;
@@ -620,17 +657,9 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
   // per message: the busiest port's time. Adds to port_bytes and `sent`.
   auto exchange = [&](int layer, double record, double header) -> double {
     const std::vector<double>& q = q_[layer];
-    std::map<int, double> q_host, mass_host;
-    double Q = 0;
-    for (int v = 0; v < W; ++v) {
-      q_host[host[v]] += q[v];
-      Q += q[v];
-    }
-    if (hierarchical) {
-      for (int v = 0; v < W; ++v) {
-        mass_host[host[v]] += std::accumulate(expert_share_[layer][v].begin(), expert_share_[layer][v].end(), 0.0);
-      }
-    }
+    const std::vector<double>& q_host = layout.q_host[layer];
+    const std::vector<double>& hit_host = layout.hit_host[layer];
+    const double Q = layout.q_total[layer], hit_total = layout.hit_total[layer];
     double slowest = 0;
     for (int w = 0; w < W; ++w) {
       const int h = host[w];
@@ -645,13 +674,9 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
           recv_inter = q[w] * record * (G - g_host[h]) + header * remote_peers;
         } else {
           // One copy per destination host, to the same local rank there, which forwards it inside.
-          double to_hosts = 0;
-          for (const auto& [other, mass] : mass_host) {
-            if (other != h) to_hosts += HitProbability(mass, shape_.num_experts, shape_.top_k);
-          }
-          const double into_host = HitProbability(mass_host[h], shape_.num_experts, shape_.top_k);
-          send_inter = g * record * to_hosts + header * static_cast<double>(mass_host.size() - 1);
-          recv_inter = into_host * record * (G - g_host[h]) / ranks_on_host[h] + header * static_cast<double>(mass_host.size() - 1);
+          const double to_hosts = hit_total - hit_host[h], into_host = hit_host[h];
+          send_inter = g * record * to_hosts + header * static_cast<double>(num_hosts - 1);
+          recv_inter = into_host * record * (G - g_host[h]) / ranks_on_host[h] + header * static_cast<double>(num_hosts - 1);
           forward = into_host > 0 ? recv_inter * (q_host[h] / into_host) : 0;  // fanned out to the host's ranks
         }
       }
@@ -671,31 +696,34 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
     return slowest + static_cast<double>(cluster_.collective_overhead);
   };
 
+  // What does not depend on the layer: attention, the dense or shared FFN, home task maps' experts.
+  double attention_phase = 0, dense_phase = 0;
+  std::vector<double> dense(static_cast<size_t>(W)), local_experts(static_cast<size_t>(W));
+  std::vector<double> home_pairs(static_cast<size_t>(W), 0);
+  for (int w = 0; w < W; ++w) {
+    attention_phase = std::max(attention_phase, static_cast<double>(attention[w]));
+    dense[w] = static_cast<double>(attention[w] + FfnTime(batches[w].tokens, shape_.dense_ffn));
+    dense_phase = std::max(dense_phase, dense[w]);
+    local_experts[w] = static_cast<double>(FfnTime(batches[w].tokens, shape_.shared_expert_ffn));
+    for (const auto& [task, rows] : batches[w].home) {
+      const int m = MergedExperts(task);
+      local_experts[w] += static_cast<double>(m) * static_cast<double>(FfnTime(rows * k / m, shape_.expert_ffn));
+      home_pairs[w] += rows * k;
+    }
+  }
+  const std::vector<Nanos>& expert_times = FluidExpertTimes(G);
   for (int64_t l = 0; l < shape_.layers; ++l) {
     const int layer = static_cast<int>(l);
-    double attention_phase = 0;
-    for (int w = 0; w < W; ++w) attention_phase = std::max(attention_phase, static_cast<double>(attention[w]));
     if (!shape_.moe_layer[l]) {
-      double ffn = 0;
-      for (int w = 0; w < W; ++w) {
-        const double t = static_cast<double>(attention[w] + FfnTime(batches[w].tokens, shape_.dense_ffn));
-        busy[w] += t;
-        ffn = std::max(ffn, t);
-      }
-      step += ffn;
+      for (int w = 0; w < W; ++w) busy[w] += dense[w];
+      step += dense_phase;
       continue;
     }
     const double dispatch = W > 1 ? exchange(layer, shape_.DispatchRecordBytes(), ModelShape::kMessageHeaderBytes) : 0;
     double experts = 0;
     for (int w = 0; w < W; ++w) {
-      double t = FluidExpertTime(layer, w, G) + static_cast<double>(FfnTime(batches[w].tokens, shape_.shared_expert_ffn));
-      for (const auto& [task, rows] : batches[w].home) {
-        const int m = MergedExperts(task);
-        t += static_cast<double>(m) * static_cast<double>(FfnTime(rows * k / m, shape_.expert_ffn));
-        worker_expert_tokens_[r.index * W + w] += std::llround(rows * k);
-      }
-      worker_expert_tokens_[r.index * W + w] +=
-          std::llround(G * k * std::accumulate(expert_share_[layer][w].begin(), expert_share_[layer][w].end(), 0.0));
+      const double t = static_cast<double>(expert_times[l * W + w]) + local_experts[w];
+      worker_expert_tokens_[r.index * W + w] += home_pairs[w] + G * k * mass_[l][w];
       busy[w] += static_cast<double>(attention[w]) + t;
       experts = std::max(experts, t);
     }
@@ -710,9 +738,7 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
   }
   const Nanos total = static_cast<Nanos>(std::ceil(step + head)) + cluster_.step_overhead;
   report_.all2all_bytes += sent;
-  std::vector<double> series_bytes(static_cast<size_t>(2 * W * cluster_.replicas), 0.0);
-  for (int p = 0; p < 2 * W; ++p) series_bytes[r.index * 2 * W + p] = port_bytes[p];
-  series_->Add(sim_.now(), sim_.now() + total, series_bytes);
+  series_->Add(sim_.now(), sim_.now() + total, r.index * 2 * W, port_bytes);
   for (int p = 0; p < 2 * W; ++p) fluid_port_bytes_[r.index * 2 * W + p] += port_bytes[p];
   return total;
 }
@@ -878,7 +904,7 @@ void ServingSimulation::EndStep(Replica& r, std::vector<WorkerBatch> batches) {
       delta[l] = network_.carried_bytes(l) - last_carried_[l];
       last_carried_[l] = network_.carried_bytes(l);
     }
-    series_->Add(r.step_start, now, delta);
+    series_->Add(r.step_start, now, 0, delta);
     r.flow.reset();
   }
   for (auto it = r.running.begin(); it != r.running.end();) {
@@ -960,7 +986,7 @@ SimReport ServingSimulation::Finish() {
   }
   series_->Finish(end, bandwidth, &rep);
   for (int g = 0; g < cluster_.total_workers(); ++g) {
-    rep.workers.push_back({g / cluster_.workers, g % cluster_.workers, worker_expert_tokens_[g],
+    rep.workers.push_back({g / cluster_.workers, g % cluster_.workers, std::llround(worker_expert_tokens_[g]),
                            worker_busy_ns_[g] * 1e-9 / std::max(rep.makespan_s, 1e-12)});
   }
   return rep;
