@@ -412,10 +412,8 @@ class ServingSimulation {
 
 absl::Status ServingSimulation::Setup() {
   MOE_RETURN_IF_ERROR(cluster_.Validate(shape_));
-  MOE_ASSIGN_OR_RETURN(std::vector<std::vector<double>> load, [&]() -> absl::StatusOr<std::vector<std::vector<double>>> {
-    if (workload_.expert_load_path.empty()) return std::vector<std::vector<double>>{};
-    return ReadExpertLoadFile(workload_.expert_load_path, config_);
-  }());
+  // The coordinator places by measured expert load; here the workload's popularity is that measurement.
+  const std::vector<std::vector<double>>& load = popularity_.popularity;
   MOE_ASSIGN_OR_RETURN(shard_map_, PlaceExperts(config_, cluster_.workers, load, cluster_.placement, /*epoch=*/1));
   if (cluster_.expert_slots > 0) {
     for (int64_t l = 0; l < shape_.layers; ++l) {

@@ -4,6 +4,8 @@
 
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
+#include "gmock/gmock.h"
+#include "simulation/planner.h"
 #include "simulation/report.h"
 #include "simulation/serving.h"
 #include "simulation/workload.h"
@@ -244,6 +246,53 @@ TEST(ServingTest, BadWorkloadsNameTheFieldOrLine) {
               StatusIs(absl::StatusCode::kInvalidArgument, "expert load has 1 layers, the model 2"));
   EXPECT_THAT(ExpertPopularity::FromLoad(shape, {{1, 1, 1, 1}, {0, 0, 0, 0}}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, "layer 1: loads must be >= 0 with a positive sum"));
+}
+
+}  // namespace
+}  // namespace moe::sim
+
+namespace moe::sim {
+namespace {
+
+TEST(PlannerTest, PicksTheCheapestCandidateMeetingTheSloAndSaysWhyOthersFail) {
+  Case c(8, 2, 1, Fidelity::kFluid);
+  c.cluster.step_overhead = 0;
+  c.cluster.device.peak_flops = 2e11;
+  c.cluster.device_hour_cost = 1;
+  c.workload.concurrency = 0;
+  c.workload.rate = 2e4;
+  c.workload.duration_s = 0.05;
+  c.workload.prompt_min = c.workload.prompt_max = 32;
+  c.workload.output_min = c.workload.output_max = 8;
+  SimulationInputs in{c.config, c.shape, c.workload, c.popularity, {}};
+  auto requests = GenerateRequests(c.workload);
+  ASSERT_THAT(requests.status(), IsOk());
+  in.requests = *requests;
+  PlanSearch search;
+  search.gpu_counts = {1, 2, 4};
+  search.expert_parallel = {1, 2};
+  search.replicate_above = {0};
+  // One GPU's p99 latency, then an SLO just under it: more GPUs must be bought.
+  auto loose = PlanCluster(in, c.cluster, {1e9, 1e9}, search);
+  ASSERT_THAT(loose.status(), IsOk());
+  ASSERT_TRUE(loose->front().feasible);
+  EXPECT_EQ(loose->front().gpus, 1);
+  const double one_gpu_ttft = loose->front().report.ttft.Percentile(0.99);
+  auto tight = PlanCluster(in, c.cluster, {0.5 * one_gpu_ttft, 1e9}, search);
+  ASSERT_THAT(tight.status(), IsOk());
+  ASSERT_TRUE(tight->front().feasible);
+  EXPECT_GT(tight->front().gpus, 1);
+  EXPECT_LE(tight->front().report.ttft.Percentile(0.99), 0.5 * one_gpu_ttft);
+  const auto failed = std::find_if(tight->begin(), tight->end(), [](const PlanRow& r) { return r.gpus == 1; });
+  ASSERT_NE(failed, tight->end());
+  EXPECT_FALSE(failed->feasible);
+  EXPECT_THAT(failed->why, ::testing::HasSubstr("p99 TTFT"));
+  // Memory: with a tiny device nothing fits, and the reason says so.
+  search.device_memory_bytes = 1e3;
+  auto none = PlanCluster(in, c.cluster, {1e9, 1e9}, search);
+  ASSERT_THAT(none.status(), IsOk());
+  EXPECT_FALSE(none->front().feasible);
+  EXPECT_THAT(none->front().why, ::testing::HasSubstr("exceed 90% of"));
 }
 
 }  // namespace
