@@ -184,7 +184,7 @@ double MediumBytesPerGpu(int gpus, const std::vector<std::vector<double>>& b) {
 
 void DeepEpTable() {
   moe::sim::RandomStream rng(42, 1);
-  std::cout << "## DeepEP normal mode (4096 tokens/GPU, hidden 7168, top-8 of 256, node-limited to 4, FP8 dispatch, BF16 combine)\n\n"
+  std::cout << "#### DeepEP normal mode (4096 tokens/GPU, hidden 7168, top-8 of 256, node-limited to 4, FP8 dispatch, BF16 combine)\n\n"
             << "| setup | dispatch predicted | published | error | combine predicted | published | error |\n"
             << "|---|---|---|---|---|---|---|\n";
   struct Normal {
@@ -205,7 +205,7 @@ void DeepEpTable() {
                                  internode ? "RDMA" : "NVLink", bd, n.dispatch_gbs, 100 * (bd / n.dispatch_gbs - 1), bc,
                                  n.combine_gbs, 100 * (bc / n.combine_gbs - 1));
   }
-  std::cout << "\n## DeepEP low-latency mode (128 tokens/GPU, top-8, each (token, expert) sent on its own)\n\n"
+  std::cout << "\n#### DeepEP low-latency mode (128 tokens/GPU, top-8, each (token, expert) sent on its own)\n\n"
             << "| setup | dispatch predicted | published | error | combine predicted | published | error |\n"
             << "|---|---|---|---|---|---|---|\n";
   struct LowLatency {
@@ -267,7 +267,7 @@ int ScaleRun() {
     std::cerr << report.status() << "\n";
     return 1;
   }
-  std::cout << absl::StrFormat("## Scale: 1,024 H100 (128 EP8 replicas, rail-optimized), %s, %.0f s of traffic at %.0f requests/s\n\n",
+  std::cout << absl::StrFormat("#### Scale: 1,024 H100 (128 EP8 replicas, rail-optimized), %s, %.0f s of traffic at %.0f requests/s\n\n",
                                shape.name, workload.duration_s, workload.rate)
             << moe::sim::ReportSummary(*report)
             << absl::StrFormat("\nwall time %.2f s (target < 60 s), %.2f million events/s, %.0f simulated steps/s\n", wall,
