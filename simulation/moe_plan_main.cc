@@ -56,10 +56,7 @@ int main(int argc, char** argv) {
   auto inputs = moe::sim::LoadSimulationInputs(absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_workload),
                                                absl::GetFlag(FLAGS_bytes_per_weight), absl::GetFlag(FLAGS_activation_bytes));
   if (!inputs.ok()) return Fail(inputs.status().ToString());
-  const std::string path = absl::GetFlag(FLAGS_cluster);
-  auto text = moe::sim::ReadTextFile(path);
-  if (!text.ok()) return Fail(text.status().ToString());
-  auto base = moe::sim::ClusterSpec::FromJson(*text, path, path.find('/') == std::string::npos ? "." : path.substr(0, path.find_last_of('/')));
+  auto base = moe::sim::ClusterSpec::FromFile(absl::GetFlag(FLAGS_cluster));
   if (!base.ok()) return Fail(base.status().ToString());
   const moe::sim::Slo slo{absl::GetFlag(FLAGS_ttft_p99), absl::GetFlag(FLAGS_itl_p99)};
   auto rows = moe::sim::PlanCluster(*inputs, *base, slo, search);

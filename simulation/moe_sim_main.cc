@@ -41,11 +41,7 @@ int main(int argc, char** argv) {
   auto inputs = moe::sim::LoadSimulationInputs(absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_workload),
                                                absl::GetFlag(FLAGS_bytes_per_weight), absl::GetFlag(FLAGS_activation_bytes));
   if (!inputs.ok()) return Fail(inputs.status().ToString());
-  const std::string cluster_path = absl::GetFlag(FLAGS_cluster);
-  auto text = moe::sim::ReadTextFile(cluster_path);
-  if (!text.ok()) return Fail(text.status().ToString());
-  const std::string dir = cluster_path.find('/') == std::string::npos ? "." : cluster_path.substr(0, cluster_path.find_last_of('/'));
-  auto cluster = moe::sim::ClusterSpec::FromJson(*text, cluster_path, dir);
+  auto cluster = moe::sim::ClusterSpec::FromFile(absl::GetFlag(FLAGS_cluster));
   if (!cluster.ok()) return Fail(cluster.status().ToString());
   auto report = moe::sim::SimulateServing(inputs->config, inputs->shape, inputs->popularity, *cluster, inputs->workload,
                                           inputs->requests);

@@ -3,11 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <numeric>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -113,11 +111,9 @@ absl::StatusOr<ClusterSpec> ClusterSpec::FromJson(const std::string& json_text, 
       f.Fail("topology_file", "is required with topology \"json\"");
     } else {
       const std::string path = file[0] == '/' || base_dir.empty() ? file : base_dir + "/" + file;
-      std::ifstream in(path);
-      if (!in) return absl::NotFoundError(absl::StrCat(source, ".topology_file: cannot open ", path));
-      std::stringstream text;
-      text << in.rdbuf();
-      c.topology_json = text.str();
+      absl::StatusOr<std::string> text = ReadTextFile(path);
+      if (!text.ok()) return absl::NotFoundError(absl::StrCat(source, ".topology_file: ", text.status().message()));
+      c.topology_json = *std::move(text);
     }
     const nlohmann::json& acc = f.Raw("accelerators");
     if (!acc.is_array()) f.Fail("accelerators", "must list the topology's nodes the workers run on");
@@ -146,6 +142,11 @@ absl::StatusOr<ClusterSpec> ClusterSpec::FromJson(const std::string& json_text, 
   else f.Fail("fidelity", "must be flow, fluid or auto");
   MOE_RETURN_IF_ERROR(f.status());
   return c;
+}
+
+absl::StatusOr<ClusterSpec> ClusterSpec::FromFile(const std::string& path) {
+  MOE_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+  return FromJson(text, path, path.find('/') == std::string::npos ? "." : path.substr(0, path.find_last_of('/')));
 }
 
 absl::Status ClusterSpec::Validate(const ModelShape& model) const {

@@ -63,6 +63,8 @@ struct ClusterSpec {
   // a relative "topology_file".
   static absl::StatusOr<ClusterSpec> FromJson(const std::string& json_text, const std::string& source,
                                               const std::string& base_dir);
+  // FromJson on a file; a relative topology_file is taken from the file's directory.
+  static absl::StatusOr<ClusterSpec> FromFile(const std::string& path);
   absl::Status Validate(const ModelShape& model) const;
 };
 
