@@ -10,6 +10,7 @@
 #include "checkpoint/tokenizer.h"
 #include "common/status.h"
 #include "common/status_matchers.h"
+#include "common/test_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -21,7 +22,7 @@ using ::moe::testing::StatusIs;
 namespace fs = std::filesystem;
 
 std::string TempDir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("moe_checkpoint_test_" + std::to_string(::getpid())) / name;
+  fs::path p = ::moe::testing::ScratchDir("checkpoint_test", name);
   fs::remove_all(p);
   fs::create_directories(p);
   return p.string();

@@ -11,6 +11,7 @@
 #include "checkpoint/safetensors_writer.h"
 #include "common/status.h"
 #include "common/status_matchers.h"
+#include "common/test_dir.h"
 #include "engine/generator.h"
 #include "engine/model.h"
 #include "gtest/gtest.h"
@@ -24,7 +25,7 @@ using ::moe::testing::IsOk;
 using ::moe::testing::StatusIs;
 
 fs::path TestDir(const std::string& name) {
-  return fs::temp_directory_path() / ("moe_layer_path_test_" + std::to_string(::getpid())) / name;
+  return ::moe::testing::ScratchDir("layer_path_test", name);
 }
 
 // Copies the single-file checkpoint at `src` so that layer i of the copy is layer source_layers[i].

@@ -6,6 +6,7 @@
 #include "checkpoint/random_checkpoint.h"
 #include "common/status.h"
 #include "common/status_matchers.h"
+#include "common/test_dir.h"
 #include "engine/generator.h"
 #include "gtest/gtest.h"
 
@@ -16,7 +17,7 @@ using ::moe::testing::IsOk;
 using ::moe::testing::StatusIs;
 
 std::string MakeCheckpoint(const std::string& name, const RandomCheckpointOptions& o) {
-  const auto dir = std::filesystem::temp_directory_path() / ("moe_model_test_" + std::to_string(::getpid())) / name;
+  const auto dir = ::moe::testing::ScratchDir("model_test", name);
   std::filesystem::remove_all(dir);
   EXPECT_THAT(WriteRandomCheckpoint(dir.string(), o), IsOk());
   return dir.string();

@@ -8,6 +8,7 @@
 #include "common/splitmix.h"
 #include "common/status.h"
 #include "common/status_matchers.h"
+#include "common/test_dir.h"
 #include "engine/model.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -21,7 +22,7 @@ using ::moe::testing::IsOk;
 using ::moe::testing::StatusIs;
 
 fs::path TestDir(const std::string& name) {
-  return fs::temp_directory_path() / ("moe_layer_router_test_" + std::to_string(::getpid())) / name;
+  return ::moe::testing::ScratchDir("layer_router_test", name);
 }
 
 ModelIdentity SmallModel(int64_t hidden = 8, int64_t layers = 3) {

@@ -5,6 +5,7 @@
 #include "checkpoint/random_checkpoint.h"
 #include "common/status.h"
 #include "common/status_matchers.h"
+#include "common/test_dir.h"
 #include "engine/model.h"
 #include "gtest/gtest.h"
 #include "router/expert_map.h"
@@ -141,7 +142,7 @@ TEST(ComputeRoutingTest, TaskMapMergesAndDropsSlots) {
 class ExpertMapTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / ("moe_router_test_" + std::to_string(::getpid()));
+    dir_ = ::moe::testing::ScratchDir("router_test");
     std::filesystem::remove_all(dir_);
     RandomCheckpointOptions o;
     o.tokenizer = false;

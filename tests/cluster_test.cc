@@ -12,6 +12,7 @@
 #include "checkpoint/random_checkpoint.h"
 #include "common/status.h"
 #include "common/status_matchers.h"
+#include "common/test_dir.h"
 #include "engine/generator.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -36,7 +37,7 @@ constexpr auto kCallDeadline = std::chrono::seconds(120);
 
 const std::string& ModelDir() {
   static const std::string dir = [] {
-    const auto d = std::filesystem::temp_directory_path() / ("moe_cluster_test_" + std::to_string(::getpid()));
+    const auto d = ::moe::testing::ScratchDir("cluster_test");
     RandomCheckpointOptions o;
     o.num_layers = 3;
     o.hidden_size = 64;
@@ -509,7 +510,7 @@ ExpertMap MakeUncurlMap(const std::string& model_dir, const std::string& name, c
 TEST(ClusterRouterTest, TaskExpertMapsAreLoadedServedLocallyAndRemovedWithoutARestart) {
   std::vector<std::vector<int32_t>> prompts;
   for (int i = 0; i < 12; ++i) prompts.push_back(Prompt(i));
-  const auto maps_dir = std::filesystem::path(ModelDir()).parent_path() / ("moe_cluster_test_maps_" + std::to_string(::getpid()));
+  const auto maps_dir = ::moe::testing::ScratchDir("cluster_test_maps");
   const std::string map_dir = (maps_dir / "t-uncurl-p2").string();
   const ExpertMap map = MakeUncurlMap(ModelDir(), "t-uncurl-p2", prompts, map_dir);
 
@@ -631,7 +632,7 @@ TEST(ClusterRouterTest, TaskExpertMapsAreLoadedServedLocallyAndRemovedWithoutARe
 TEST(ClusterRouterTest, LayerRoutersDecidePathsPerRequestAndAreManagedWithoutARestart) {
   std::vector<std::vector<int32_t>> prompts;
   for (int i = 0; i < 12; ++i) prompts.push_back(Prompt(i));
-  const auto dir = std::filesystem::path(ModelDir()).parent_path() / ("moe_cluster_test_routers_" + std::to_string(::getpid()));
+  const auto dir = ::moe::testing::ScratchDir("cluster_test_routers");
   MOE_ASSERT_OK_AND_ASSIGN(auto source, ModelSource::Open(ModelDir()));
   MOE_ASSERT_OK_AND_ASSIGN(ModelIdentity identity, IdentifyModel(*source));
   LayerRouter router = NewLayerRouter("mixed", identity, 7);

@@ -6,6 +6,7 @@
 #include "checkpoint/random_checkpoint.h"
 #include "common/status.h"
 #include "common/status_matchers.h"
+#include "common/test_dir.h"
 #include "engine/model.h"
 #include "exchange/exchange_test_groups.h"
 #include "gtest/gtest.h"
@@ -18,7 +19,7 @@ using ::moe::testing::StatusIs;
 
 std::string Checkpoint() {
   static const std::string dir = [] {
-    auto d = std::filesystem::temp_directory_path() / ("moe_dispatch_test_" + std::to_string(::getpid()));
+    auto d = ::moe::testing::ScratchDir("dispatch_test");
     RandomCheckpointOptions o;
     o.num_layers = 3;
     o.tokenizer = false;
