@@ -289,7 +289,6 @@ struct FlowStep {
     std::vector<bool> attention_done, experts_done;
   };
   std::vector<Layer> layers;
-  std::vector<Nanos> ready;  // per worker: when it finished its latest phase
   int workers_left = 0;
   std::vector<WorkerBatch> batches;
   // The phases, as events; they refer to this step by pointer (the replica owns it until the step ends).
@@ -356,7 +355,10 @@ class ServingSimulation {
   double RunRate(int task) const { return task >= 0 ? workload_.tasks[task].layer_run_rate : 1.0; }
 
   // ---- serving
-  void Arrive(int64_t request, int replica);
+  // A request reaches its replica (round-robin by request index) and queues, or is refused.
+  void Arrive(int64_t request);
+  // Closed loop: a client is free; its next request, if any is left, arrives now.
+  void SendNextClientRequest();
   void MaybeStartStep(Replica& r);
   void BeginStep(Replica& r);
   void EndStep(Replica& r, std::vector<WorkerBatch> batches);
@@ -530,17 +532,20 @@ absl::Status ServingSimulation::Setup() {
   return absl::OkStatus();
 }
 
-void ServingSimulation::Arrive(int64_t request, int replica) {
-  Replica& r = replicas_[replica];
+void ServingSimulation::SendNextClientRequest() {
+  if (workload_.concurrency == 0 || next_client_request_ >= static_cast<int64_t>(requests_.size())) return;
+  const int64_t next = next_client_request_++;
+  sim_.After(0, [this, next] { Arrive(next); });
+}
+
+void ServingSimulation::Arrive(int64_t request) {
+  Replica& r = replicas_[request % cluster_.replicas];
   const SimRequest& req = requests_[request];
   if (first_arrival_ < 0) first_arrival_ = sim_.now();
   arrival_time_[request] = sim_.now();
   if (req.prompt_tokens > cluster_.batch.max_batch_tokens || static_cast<int>(r.queue.size()) >= cluster_.max_queued) {
     ++report_.rejected;  // the coordinator answers RESOURCE_EXHAUSTED
-    if (workload_.concurrency > 0 && next_client_request_ < static_cast<int64_t>(requests_.size())) {
-      const int64_t next = next_client_request_++;
-      sim_.After(0, [this, next] { Arrive(next, static_cast<int>(next % cluster_.replicas)); });
-    }
+    SendNextClientRequest();
     return;
   }
   r.queue.push_back(request);
@@ -748,7 +753,6 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
   r.flow = std::make_unique<FlowStep>();
   FlowStep* step = r.flow.get();
   step->batches = std::move(batches);
-  step->ready.assign(static_cast<size_t>(W), sim_.now());
   step->workers_left = W;
   step->layers.resize(static_cast<size_t>(shape_.layers));
   // Merged experts of task maps get ids past the checkpoint's: task t's start at offset[t].
@@ -925,10 +929,7 @@ void ServingSimulation::EndStep(Replica& r, std::vector<WorkerBatch> batches) {
     report_.end_to_end.Add(now - s.arrival);
     ++report_.completed;
     it = r.running.erase(it);
-    if (workload_.concurrency > 0 && next_client_request_ < static_cast<int64_t>(requests_.size())) {
-      const int64_t next = next_client_request_++;  // this client's next request
-      sim_.After(0, [this, next] { Arrive(next, static_cast<int>(next % cluster_.replicas)); });
-    }
+    SendNextClientRequest();
   }
   r.stepping = false;
   if (!r.running.empty() || !r.queue.empty()) MaybeStartStep(r);
@@ -938,16 +939,10 @@ absl::StatusOr<SimReport> ServingSimulation::Run() {
   MOE_RETURN_IF_ERROR(Setup());
   report_.requests = static_cast<int64_t>(requests_.size());
   arrival_time_.assign(requests_.size(), 0);
-  if (workload_.concurrency > 0) {
-    const int64_t clients = std::min<int64_t>(workload_.concurrency, static_cast<int64_t>(requests_.size()));
-    for (; next_client_request_ < clients; ++next_client_request_) {
-      const int64_t i = next_client_request_;
-      sim_.At(0, [this, i] { Arrive(i, static_cast<int>(i % cluster_.replicas)); });
-    }
-  }
+  for (int c = 0; c < workload_.concurrency; ++c) SendNextClientRequest();  // closed loop: every client starts
   // Open loop: arrivals are chained (each schedules the next), so the event queue holds one at a time.
   std::function<void(int64_t)> arrive = [this, &arrive](int64_t i) {
-    Arrive(i, static_cast<int>(i % cluster_.replicas));
+    Arrive(i);
     if (i + 1 < static_cast<int64_t>(requests_.size())) sim_.At(requests_[i + 1].arrival, [&arrive, i] { arrive(i + 1); });
   };
   if (workload_.concurrency == 0 && !requests_.empty()) sim_.At(requests_[0].arrival, [&arrive] { arrive(0); });

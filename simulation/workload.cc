@@ -154,7 +154,7 @@ absl::StatusOr<std::vector<SimRequest>> ReadTrace(const WorkloadSpec& spec) {
   std::string line;
   for (int line_no = 1; std::getline(in, line); ++line_no) {
     const absl::string_view row = absl::StripAsciiWhitespace(line);
-    if (row.empty() || row[0] == '#' || (line_no == 1 && !row.empty() && !absl::ascii_isdigit(row[0]))) continue;  // header
+    if (row.empty() || row[0] == '#' || (line_no == 1 && !absl::ascii_isdigit(row[0]))) continue;  // comment, header
     const std::vector<std::string> cells = absl::StrSplit(row, ',');
     const std::string where = absl::StrCat("trace ", spec.trace_path, " line ", line_no);
     double arrival_s = 0;
