@@ -314,7 +314,6 @@ class ServingSimulation {
     std::unique_ptr<BatchAdmission> admission;
     bool stepping = false;
     Nanos step_start = 0;
-    std::vector<int> nodes;             // flow: topology node of each rank
     std::unique_ptr<FlowStep> flow;     // flow: the step in progress
   };
 
@@ -484,12 +483,11 @@ absl::Status ServingSimulation::Setup() {
     }
     routes_.resize(static_cast<size_t>(R));
     for (int r = 0; r < R; ++r) {
-      for (int w = 0; w < W; ++w) replicas_[r].nodes.push_back(placement.nodes[r * W + w]);
       routes_[r].assign(static_cast<size_t>(W), std::vector<std::vector<int>>(static_cast<size_t>(W)));
       for (int a = 0; a < W; ++a) {
         for (int b = 0; b < W; ++b) {
           if (a == b) continue;
-          MOE_ASSIGN_OR_RETURN(routes_[r][a][b], topology_.Route(replicas_[r].nodes[a], replicas_[r].nodes[b]));
+          MOE_ASSIGN_OR_RETURN(routes_[r][a][b], topology_.Route(placement.nodes[r * W + a], placement.nodes[r * W + b]));
         }
       }
     }
