@@ -14,6 +14,17 @@ nlohmann::json Percentiles(const LatencyHistogram& h) {
           {"p99_s", h.Percentile(0.99)}};
 }
 
+// The link with the highest utilization; null when there are none.
+const LinkReport* BusiestLink(const SimReport& r) {
+  const LinkReport* busiest = nullptr;
+  for (const LinkReport& l : r.links) {
+    if (busiest == nullptr || l.utilization > busiest->utilization) busiest = &l;
+  }
+  return busiest;
+}
+
+double BytesPerToken(const SimReport& r) { return r.tokens ? r.all2all_bytes / static_cast<double>(r.tokens) : 0.0; }
+
 }  // namespace
 
 nlohmann::json ReportJson(const SimReport& r) {
@@ -29,7 +40,7 @@ nlohmann::json ReportJson(const SimReport& r) {
   j["inter_token"] = Percentiles(r.inter_token);
   j["end_to_end"] = Percentiles(r.end_to_end);
   j["all2all_bytes"] = r.all2all_bytes;
-  j["all2all_bytes_per_token"] = r.tokens ? r.all2all_bytes / static_cast<double>(r.tokens) : 0.0;
+  j["all2all_bytes_per_token"] = BytesPerToken(r);
   j["layers_per_token"] = r.layers_per_token;
   j["steps"] = r.steps;
   j["events"] = r.events;
@@ -47,20 +58,15 @@ std::string ReportCsvHeader() {
 }
 
 std::string ReportCsvRow(const std::string& label, const SimReport& r) {
-  double busiest = 0;
-  for (const LinkReport& l : r.links) busiest = std::max(busiest, l.utilization);
+  const LinkReport* busiest = BusiestLink(r);
   return absl::StrFormat("%s,%d,%d,%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.4g,%.4g\n", label, r.requests, r.completed,
                          r.rejected, r.tokens, r.makespan_s, r.tokens_per_s, r.ttft.Percentile(0.5), r.ttft.Percentile(0.9),
                          r.ttft.Percentile(0.99), r.inter_token.Percentile(0.5), r.inter_token.Percentile(0.9),
-                         r.inter_token.Percentile(0.99), r.all2all_bytes, r.layers_per_token, busiest);
+                         r.inter_token.Percentile(0.99), r.all2all_bytes, r.layers_per_token, busiest ? busiest->utilization : 0.0);
 }
 
 std::string ReportSummary(const SimReport& r) {
-  double busiest = 0;
-  std::string busiest_name;
-  for (const LinkReport& l : r.links) {
-    if (l.utilization > busiest) busiest = l.utilization, busiest_name = l.name;
-  }
+  const LinkReport* busiest = BusiestLink(r);
   return absl::StrFormat(
       "requests %d (completed %d, rejected %d), tokens %d in %.3f s: %.1f tokens/s, %.2f requests/s\n"
       "TTFT        p50 %.4f s  p90 %.4f s  p99 %.4f s\n"
@@ -69,8 +75,8 @@ std::string ReportSummary(const SimReport& r) {
       "%d steps, %d events\n",
       r.requests, r.completed, r.rejected, r.tokens, r.makespan_s, r.tokens_per_s, r.requests_per_s, r.ttft.Percentile(0.5),
       r.ttft.Percentile(0.9), r.ttft.Percentile(0.99), r.inter_token.Percentile(0.5), r.inter_token.Percentile(0.9),
-      r.inter_token.Percentile(0.99), r.all2all_bytes, r.tokens ? r.all2all_bytes / static_cast<double>(r.tokens) : 0.0,
-      r.layers_per_token, busiest_name.empty() ? "-" : busiest_name, 100 * busiest, r.steps, r.events);
+      r.inter_token.Percentile(0.99), r.all2all_bytes, BytesPerToken(r), r.layers_per_token,
+      busiest && busiest->utilization > 0 ? busiest->name : "-", busiest ? 100 * busiest->utilization : 0.0, r.steps, r.events);
 }
 
 std::string ReportSvg(const std::string& title, const SimReport& r) {
