@@ -603,8 +603,8 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       auto it = running_.find(r.sequence_id());
       if (it == running_.end()) continue;
       Sequence& s = it->second;
-      const bool eos = std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(), r.token()) !=
-                       config_.eos_token_ids.end();
+      const bool eos = !s.spec.ignore_eos && std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(),
+                                                        r.token()) != config_.eos_token_ids.end();
       const bool last = eos || static_cast<int64_t>(s.generated.size()) + 1 >= s.spec.max_tokens;
       if (last) ReleaseUsers(s.spec);
       s.handle->Push(r.token(), r.all2all_bytes(), r.layers_executed(),

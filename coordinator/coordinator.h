@@ -59,6 +59,7 @@ struct GenerationSpec {
   std::string task;
   std::string layer_router;     // Dr.LLM layer router name; empty = every layer once
   std::optional<double> skip_threshold;  // in [0, 1], with a layer_router only; none: the router's default
+  bool ignore_eos = false;               // true: only max_tokens (or a stop string) ends the answer
 };
 
 // What the scheduler has produced for one request; shared by the scheduler (producer) and the

@@ -22,6 +22,7 @@ absl::StatusOr<GenerationSpec> InferenceService::ToSpec(const v1::GenerateReques
   }
   if (r.max_tokens() < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
   spec.max_tokens = r.max_tokens() == 0 ? 16 : r.max_tokens();
+  spec.ignore_eos = r.ignore_eos();
   spec.sampling = {r.temperature(), r.top_k(), r.top_p() == 0.0f ? 1.0f : r.top_p(), r.seed()};
   for (const std::string& s : r.stop()) {
     if (s.empty()) return absl::InvalidArgumentError("stop strings must not be empty");

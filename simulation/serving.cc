@@ -126,6 +126,8 @@ absl::StatusOr<ClusterSpec> ClusterSpec::FromJson(const std::string& json_text, 
   c.workers = static_cast<int>(f.Int("workers", c.workers, 1, 1 << 20));
   c.replicas = static_cast<int>(f.Int("replicas", c.replicas, 1, 1 << 20));
   c.step_overhead = f.Int("step_overhead_ns", 0, 0);
+  c.sequence_overhead = f.Int("sequence_overhead_ns", 0, 0);
+  c.request_overhead = f.Int("request_overhead_ns", 0, 0);
   c.collective_overhead = f.Int("collective_overhead_ns", 0, 0);
   c.compute_share = f.Number("compute_share", 1, 1e-6, 1);
   c.max_queued = static_cast<int>(f.Int("max_queued", c.max_queued, 0, 1 << 30));
@@ -355,7 +357,8 @@ class ServingSimulation {
 
   // ---- serving
   // A request reaches its replica (round-robin by request index) and queues, or is refused.
-  void Arrive(int64_t request);
+  void Arrive(int64_t request);   // the client sends it
+  void Enqueue(int64_t request);  // it reaches its replica's coordinator
   // Closed loop: a client is free; its next request, if any is left, arrives now.
   void SendNextClientRequest();
   void MaybeStartStep(Replica& r);
@@ -537,10 +540,18 @@ void ServingSimulation::SendNextClientRequest() {
 }
 
 void ServingSimulation::Arrive(int64_t request) {
-  Replica& r = replicas_[request % cluster_.replicas];
-  const SimRequest& req = requests_[request];
   if (first_arrival_ < 0) first_arrival_ = sim_.now();
   arrival_time_[request] = sim_.now();
+  if (cluster_.request_overhead > 0) {
+    sim_.After(cluster_.request_overhead, [this, request] { Enqueue(request); });
+  } else {
+    Enqueue(request);
+  }
+}
+
+void ServingSimulation::Enqueue(int64_t request) {
+  Replica& r = replicas_[request % cluster_.replicas];
+  const SimRequest& req = requests_[request];
   if (req.prompt_tokens > cluster_.batch.max_batch_tokens || static_cast<int>(r.queue.size()) >= cluster_.max_queued) {
     ++report_.rejected;  // the coordinator answers RESOURCE_EXHAUSTED
     SendNextClientRequest();
@@ -738,7 +749,9 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
     busy[w] += static_cast<double>(lm_head[w]);
     worker_busy_ns_[r.index * W + w] += busy[w];
   }
-  const Nanos total = static_cast<Nanos>(std::ceil(step + head)) + cluster_.step_overhead;
+  int64_t sequences = 0;
+  for (int w = 0; w < W; ++w) sequences += batches[w].sequences;
+  const Nanos total = static_cast<Nanos>(std::ceil(step + head)) + cluster_.StepOverhead(sequences);
   report_.all2all_bytes += sent;
   series_->Add(sim_.now(), sim_.now() + total, r.index * 2 * W, port_bytes);
   for (int p = 0; p < 2 * W; ++p) fluid_port_bytes_[r.index * 2 * W + p] += port_bytes[p];
@@ -839,7 +852,9 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
       worker_busy_ns_[ri * W + w] += static_cast<double>(head);
       sim_.After(head, [=, this] {
         if (--step->workers_left == 0) {
-          sim_.After(cluster_.step_overhead, [=, this] { EndStep(*replica, step->batches); });
+          int64_t sequences = 0;
+          for (const WorkerBatch& b : step->batches) sequences += b.sequences;
+          sim_.After(cluster_.StepOverhead(sequences), [=, this] { EndStep(*replica, step->batches); });
         }
       });
       return;

@@ -48,7 +48,11 @@ struct ClusterSpec {
   std::string all_to_all = "direct";           // or "hierarchical" (DeepEP's internode scheme)
   int workers = 1;   // per replica: the expert-parallel size
   int replicas = 1;  // independent copies of the model behind one load balancer (round-robin)
-  Nanos step_overhead = 0;        // fixed cost of one engine step (scheduling, RPCs, sampling)
+  Nanos step_overhead = 0;        // fixed cost of one engine step (scheduling, RPCs)
+  Nanos sequence_overhead = 0;    // cost of each sequence in a step (sampling, streaming its token)
+  // A request's trip from its client into the coordinator's queue (call set-up, and the first token's
+  // way back, lumped in here); TTFT and end-to-end latency count from the client's send.
+  Nanos request_overhead = 0;
   Nanos collective_overhead = 0;  // software cost of one all-to-all on every worker (dispatch or combine)
   double compute_share = 1;       // share of the device one worker gets (CPU workers sharing cores)
   int max_queued = 256;           // per replica: waiting requests beyond this are refused
@@ -59,6 +63,8 @@ struct ClusterSpec {
   Fidelity fidelity = Fidelity::kFluid;
 
   int total_workers() const { return workers * replicas; }
+  // The serial software cost of a replica's step over `sequences` sequences, after its last layer.
+  Nanos StepOverhead(int64_t sequences) const { return step_overhead + sequence_overhead * sequences; }
   // From a JSON object (see README "Simulator"); INVALID_ARGUMENT naming the field. `base_dir` resolves
   // a relative "topology_file".
   static absl::StatusOr<ClusterSpec> FromJson(const std::string& json_text, const std::string& source,

@@ -109,6 +109,27 @@ TEST_P(BothFidelities, AdmissionQueuesBeyondTheRunningLimit) {
   EXPECT_NEAR(report->ttft.Percentile(0.99), (4497 + 1983) * 1e-9, (4497 + 1983) * 1e-9 * 0.011);
 }
 
+// The per-sequence cost is paid once per sequence in each step: one request alone pays it 3 times (one
+// per step), so its 3 steps take 300 ns more than the hand-computed 4497 ns.
+TEST_P(BothFidelities, SequenceOverheadIsPaidPerSequencePerStep) {
+  Case c(4, 2, 1, GetParam());
+  c.cluster.sequence_overhead = 100;
+  auto report = c.Run();
+  ASSERT_THAT(report.status(), IsOk());
+  EXPECT_NEAR(report->makespan_s, (4497 + 3 * 100) * 1e-9, 1e-15);
+  EXPECT_NEAR(report->ttft.Percentile(0.5), (1983 + 100) * 1e-9, (1983 + 100) * 1e-9 * 0.011);
+}
+
+// The request's trip to the coordinator delays its first step: TTFT and the makespan grow by exactly that.
+TEST_P(BothFidelities, RequestOverheadDelaysTheFirstStep) {
+  Case c(4, 2, 1, GetParam());
+  c.cluster.request_overhead = 500;
+  auto report = c.Run();
+  ASSERT_THAT(report.status(), IsOk());
+  EXPECT_NEAR(report->makespan_s, (4497 + 500) * 1e-9, 1e-15);
+  EXPECT_NEAR(report->ttft.Percentile(0.5), (1983 + 500) * 1e-9, (1983 + 500) * 1e-9 * 0.011);
+}
+
 // A task whose expert map lives on its home worker sends nothing but message headers.
 TEST_P(BothFidelities, HomeTaskMapsKeepTokensOnTheirWorker) {
   Case c(8, 2, 2, GetParam());

@@ -472,6 +472,16 @@ TEST(ClusterSystemTest, TheBundledModelAnswersTasksAsTheEngineDoesWithTextAndSto
   ASSERT_TRUE(stub->Complete(&ctx, req, &r).ok());
   EXPECT_EQ(r.text(), "dc");
   EXPECT_EQ(r.finish_reason(), v1::FINISH_REASON_STOP);
+
+  // ignore_eos: the same prompt runs past its end-of-sequence token to exactly max_tokens.
+  req.clear_stop();
+  req.set_ignore_eos(true);
+  grpc::ClientContext ignore_ctx;
+  ignore_ctx.set_deadline(DeadlineAfter(kCallDeadline));
+  ASSERT_TRUE(stub->Complete(&ignore_ctx, req, &r).ok());
+  EXPECT_EQ(r.token_ids_size(), 10);
+  EXPECT_EQ(r.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_THAT(r.text(), ::testing::StartsWith("dcba"));
   EXPECT_THAT(cluster->Stop(), IsOk());
 }
 

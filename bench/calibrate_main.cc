@@ -1,0 +1,80 @@
+// moe-calibrate: measures this machine's parts (bench/calibration.h: kernels, the gRPC exchange, probes
+// of a live local cluster per worker count, ~1 minute) and writes what the simulator needs
+// to predict the live local cluster: calibration.json (the raw figures) and one moe-sim cluster file per
+// worker count, this-machine-<N>w.json.
+//   build/bin/moe-calibrate --model models/tiny-moe [--out build/calibration] [--workers 1,2,4]
+//                           [--weights bf16|f32] [--repeats 41]
+// Exit status: 0 written, 1 bad flags or a failed measurement.
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_format.h"
+#include "bench/calibration.h"
+#include "common/flags.h"
+
+ABSL_FLAG(std::string, model, "", "checkpoint directory whose shapes are measured");
+ABSL_FLAG(std::string, out, "build/calibration", "directory for calibration.json and this-machine-<N>w.json");
+ABSL_FLAG(std::vector<std::string>, workers, std::vector<std::string>({"1", "2", "4"}), "worker counts");
+ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
+ABSL_FLAG(int32_t, repeats, 41, "samples per measurement (the median is kept)");
+
+namespace {
+int Fail(const std::string& m) {
+  std::cerr << "moe-calibrate: " << m << "\n";
+  return 1;
+}
+bool Write(const std::filesystem::path& path, const nlohmann::json& json) {
+  std::ofstream out(path);
+  out << json.dump(1) << "\n";
+  return static_cast<bool>(out);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  moe::ParseFlags(argc, argv);
+  moe::bench::CalibrationOptions options;
+  options.model_dir = absl::GetFlag(FLAGS_model);
+  if (options.model_dir.empty()) return Fail("--model is required");
+  const std::string weights = absl::GetFlag(FLAGS_weights);
+  if (weights != "bf16" && weights != "f32") return Fail("--weights must be bf16 or f32");
+  options.weight_type = weights == "bf16" ? moe::DType::kBF16 : moe::DType::kF32;
+  options.repeats = absl::GetFlag(FLAGS_repeats);
+  if (options.repeats < 1) return Fail("--repeats must be >= 1");
+  options.workers.clear();
+  for (const std::string& w : absl::GetFlag(FLAGS_workers)) {
+    int n = 0;
+    if (!absl::SimpleAtoi(w, &n) || n < 1) return Fail("--workers must list positive integers");
+    options.workers.push_back(n);
+  }
+  absl::StatusOr<moe::bench::Calibration> c = moe::bench::CalibrateThisMachine(options);
+  if (!c.ok()) return Fail(c.status().ToString());
+
+  std::cout << absl::StrFormat("%d cores; matmul [%d x %d] %s weights, 1 thread:\n| rows | GFLOP/s |\n|---|---|\n", c->cores,
+                               c->rows_ffn, c->rows_hidden, weights);
+  for (const auto& p : c->kernel) std::cout << absl::StrFormat("| %d | %.2f |\n", p.rows, p.flops_per_s / 1e9);
+  std::cout << "| workers | gRPC all-to-all latency us | gRPC all-to-all GB/s per rank | probe ms/token (live, simulated) | "
+               "step overhead us | per-sequence overhead us | per-request overhead us |\n|---|---|---|---|---|---|---|\n";
+  for (const auto& w : c->per_workers) {
+    std::string probes;
+    for (const auto& p : w.probes) {
+      absl::StrAppendFormat(&probes, "%s%d clients: %.2f, %.2f", probes.empty() ? "" : "; ", p.concurrency, p.measured_s * 1e3,
+                            p.simulated_s * 1e3);
+    }
+    std::cout << absl::StrFormat("| %d | %.0f | %.3f | %s | %.0f | %.0f | %.0f |\n", w.workers, w.exchange_latency_s * 1e6,
+                                 w.exchange_bandwidth / 1e9, probes, w.step_overhead_s * 1e6, w.sequence_overhead_s * 1e6,
+                                 w.request_overhead_s * 1e6);
+  }
+  const std::filesystem::path out = absl::GetFlag(FLAGS_out);
+  std::error_code ec;
+  std::filesystem::create_directories(out, ec);
+  if (ec) return Fail("cannot create " + out.string() + ": " + ec.message());
+  if (!Write(out / "calibration.json", moe::bench::CalibrationJson(*c))) return Fail("cannot write into " + out.string());
+  for (const auto& w : c->per_workers) {
+    const std::filesystem::path path = out / absl::StrFormat("this-machine-%dw.json", w.workers);
+    if (!Write(path, moe::bench::ThisMachineClusterJson(*c, w))) return Fail("cannot write " + path.string());
+    std::cout << "wrote " << path.string() << "\n";
+  }
+  return 0;
+}

@@ -1,0 +1,278 @@
+#include "bench/calibration.h"
+
+#include <algorithm>
+#include <barrier>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "cluster/local_cluster.h"
+#include "common/status.h"
+#include "exchange/grpc_exchange.h"
+#include "grpcpp/grpcpp.h"
+#include "kernels/kernels.h"
+#include "kernels/packed_matrix.h"
+#include "moe/v1/cluster.grpc.pb.h"
+#include "proto/grpc_util.h"
+
+namespace moe::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// Rows per matmul call: decode batches up to a long prefill.
+constexpr int64_t kKernelRows[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+
+std::vector<KernelPoint> MeasureKernel(int64_t hidden, int64_t ffn, DType weight_type, int repeats) {
+  std::vector<float> w(static_cast<size_t>(hidden * ffn));
+  for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 17) * 0.01f - 0.08f;
+  const PackedMatrix packed = PackedMatrix::Pack(MatrixView{w.data(), DType::kF32, ffn, hidden}, weight_type);
+  std::vector<KernelPoint> points;
+  for (int64_t rows : kKernelRows) {
+    std::vector<float> x(static_cast<size_t>(rows * hidden), 0.5f), y(static_cast<size_t>(rows * ffn));
+    // Enough calls per sample for ~0.5 ms, so the clock's resolution does not matter.
+    const int calls = static_cast<int>(std::max<int64_t>(1, 4096 / rows));
+    MatMul(x.data(), rows, packed, y.data(), nullptr);  // warm-up
+    std::vector<double> samples;
+    for (int r = 0; r < repeats; ++r) {
+      const auto t0 = Clock::now();
+      for (int c = 0; c < calls; ++c) MatMul(x.data(), rows, packed, y.data(), nullptr);
+      samples.push_back(Seconds(Clock::now() - t0) / calls);
+    }
+    points.push_back({rows, 2.0 * static_cast<double>(rows * hidden * ffn) / Median(samples)});
+  }
+  return points;
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartLoopbackServer(grpc::Service* service, std::string* address) {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(service);
+  builder.SetMaxReceiveMessageSize(-1);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) return absl::InternalError("calibration: cannot start a loopback gRPC server");
+  *address = absl::StrCat("127.0.0.1:", port);
+  return server;
+}
+
+// Median time of one all-to-all (the slowest rank's) with `bytes_per_peer` to every peer.
+absl::StatusOr<double> MeasureExchange(int ranks, size_t bytes_per_peer, int repeats) {
+  std::vector<ExchangeOnlyService> services(static_cast<size_t>(ranks));
+  std::vector<std::unique_ptr<grpc::Server>> servers;
+  std::vector<std::string> addresses;
+  for (auto& service : services) {
+    std::string address;
+    absl::StatusOr<std::unique_ptr<grpc::Server>> server = StartLoopbackServer(&service, &address);
+    if (!server.ok()) return server.status();
+    servers.push_back(*std::move(server));
+    addresses.push_back(address);
+  }
+  std::vector<std::unique_ptr<GrpcExchange>> exchanges;
+  for (int r = 0; r < ranks; ++r) {
+    exchanges.push_back(std::make_unique<GrpcExchange>(r, 1, addresses, std::chrono::seconds(30)));
+    services[r].set_target(exchanges.back().get());
+  }
+  // times[round][rank]; round 0 connects and is not counted.
+  std::vector<std::vector<double>> times(static_cast<size_t>(repeats + 1), std::vector<double>(static_cast<size_t>(ranks)));
+  std::vector<absl::Status> errors(static_cast<size_t>(ranks));
+  std::barrier sync(ranks);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < ranks; ++r) {
+    threads.emplace_back([&, r] {
+      for (int round = 0; round <= repeats; ++round) {
+        sync.arrive_and_wait();
+        std::vector<std::string> send(static_cast<size_t>(ranks), std::string(bytes_per_peer, static_cast<char>(r)));
+        const auto t0 = Clock::now();
+        absl::StatusOr<std::vector<std::string>> got = exchanges[r]->AllToAll(static_cast<uint64_t>(round + 1), std::move(send));
+        times[round][r] = Seconds(Clock::now() - t0);
+        if (!got.ok() && errors[r].ok()) errors[r] = got.status();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& server : servers) server->Shutdown(DeadlineAfter(std::chrono::seconds(2)));
+  for (const absl::Status& e : errors) {
+    if (!e.ok()) return absl::InternalError(absl::StrCat("calibration: exchange failed: ", e.message()));
+  }
+  std::vector<double> slowest;
+  for (int round = 1; round <= repeats; ++round) slowest.push_back(*std::max_element(times[round].begin(), times[round].end()));
+  return Median(slowest);
+}
+
+
+// The probes: one client, then eight, each sending one request (a 12-token prompt, 32 new tokens)
+// at a time, on a fresh local cluster of `workers` workers. Run before any in-process measurement, so
+// no lingering gRPC thread of this process competes with the cluster.
+constexpr int kProbeConcurrency[] = {1, 8};
+constexpr int kProbeRequestsPerClient = 12, kProbePromptTokens = 12, kProbeMaxTokens = 32;
+
+absl::StatusOr<std::vector<LoadResult>> RunProbes(const std::string& model_dir, const ModelConfig& config, int workers) {
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<LocalCluster> live,
+                       LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"}));
+  std::vector<LoadResult> loads;
+  for (int concurrency : kProbeConcurrency) {
+    const std::vector<std::vector<int32_t>> prompts = RandomPrompts(
+        config.vocab_size, config.bos_token_id, concurrency * kProbeRequestsPerClient, kProbePromptTokens, /*seed=*/7);
+    RunClosedLoop(live->address(), {prompts[0]}, 1, {2, "", true});  // warm-up: connections, first touch
+    loads.push_back(RunClosedLoop(live->address(), prompts, concurrency, {kProbeMaxTokens, "", /*ignore_eos=*/true}));
+    if (loads.back().failures > 0) {
+      return absl::InternalError(absl::StrCat("calibration: ", loads.back().failures, " probe requests failed"));
+    }
+  }
+  MOE_RETURN_IF_ERROR(live->Stop());
+  return loads;
+}
+
+// What the simulator, given the kernel and exchange figures, leaves unexplained in each probe's decode
+// time per token is step + concurrency x sequence; two probes give both. Then what it leaves of the
+// one-client probe's TTFT is the request's own overhead.
+absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShape& shape, const Calibration& c,
+                                 const std::vector<LoadResult>& loads, WorkerCountCosts* costs) {
+  WorkerCountCosts bare = *costs;
+  bare.step_overhead_s = bare.sequence_overhead_s = bare.request_overhead_s = 0;
+  MOE_ASSIGN_OR_RETURN(sim::ClusterSpec cluster,
+                       sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, bare).dump(), "calibration", ""));
+  costs->probes.clear();
+  for (size_t i = 0; i < loads.size(); ++i) {
+    MOE_ASSIGN_OR_RETURN(sim::SimReport report,
+                         SimulateClosedLoop(config, shape, cluster, loads[i], kProbeConcurrency[i], std::nullopt));
+    costs->probes.push_back({kProbeConcurrency[i], loads[i].mean_inter_token_s(), report.inter_token.MeanSeconds()});
+  }
+  const ServingProbe& one = costs->probes[0];
+  const ServingProbe& many = costs->probes[1];
+  const double gap_one = one.measured_s - one.simulated_s, gap_many = many.measured_s - many.simulated_s;
+  costs->sequence_overhead_s = std::max(0.0, (gap_many - gap_one) / (many.concurrency - one.concurrency));
+  costs->step_overhead_s = std::max(0.0, gap_one - one.concurrency * costs->sequence_overhead_s);
+  MOE_ASSIGN_OR_RETURN(cluster, sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, *costs).dump(), "calibration", ""));
+  MOE_ASSIGN_OR_RETURN(sim::SimReport report,
+                       SimulateClosedLoop(config, shape, cluster, loads[0], kProbeConcurrency[0], std::nullopt));
+  std::vector<double> ttft;
+  for (const RequestTiming& r : loads[0].answered) ttft.push_back(r.ttft_s);
+  costs->request_overhead_s = std::max(0.0, Quantile(ttft, 0.5) - report.ttft.Percentile(0.5));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& options) {
+  absl::StatusOr<ModelConfig> config = ModelConfig::FromFile(options.model_dir + "/config.json");
+  if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat("calibration: ", config.status().message()));
+  Calibration c;
+  c.model = options.model_dir;
+  c.cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  c.rows_hidden = config->hidden_size;
+  c.rows_ffn = config->expert_ffn_size;
+  c.weight_type = options.weight_type;
+  std::vector<std::vector<LoadResult>> probe_loads;
+  for (int workers : options.workers) {
+    if (workers < 1) return absl::InvalidArgumentError("calibration: worker counts must be >= 1");
+    MOE_ASSIGN_OR_RETURN(probe_loads.emplace_back(), RunProbes(options.model_dir, *config, workers));
+  }
+  c.kernel = MeasureKernel(c.rows_hidden, c.rows_ffn, options.weight_type, options.repeats);
+
+  // One dispatch record (count, experts, weights, hidden state in F32) after the message header: what
+  // a decode step sends each peer per layer.
+  const size_t small = 8 + 4 + 8 * static_cast<size_t>(config->top_k) + 4 * static_cast<size_t>(config->hidden_size);
+  constexpr size_t kLarge = size_t{1} << 20;
+  for (int workers : options.workers) {
+    WorkerCountCosts w;
+    w.workers = workers;
+    if (workers > 1) {
+      absl::StatusOr<double> latency = MeasureExchange(workers, small, options.repeats);
+      if (!latency.ok()) return latency.status();
+      absl::StatusOr<double> large = MeasureExchange(workers, kLarge, std::max(5, options.repeats / 4));
+      if (!large.ok()) return large.status();
+      w.exchange_latency_s = *latency;
+      w.exchange_bandwidth = static_cast<double>((kLarge - small) * static_cast<size_t>(workers - 1)) /
+                             std::max(1e-9, *large - *latency);
+    }
+    c.per_workers.push_back(w);
+  }
+  const sim::ModelShape shape = ServedShape(*config, options.model_dir, options.weight_type);
+  for (size_t i = 0; i < c.per_workers.size(); ++i) {
+    MOE_RETURN_IF_ERROR(FitServingOverheads(*config, shape, c, probe_loads[i], &c.per_workers[i]));
+  }
+  return c;
+}
+
+nlohmann::json CalibrationJson(const Calibration& c) {
+  nlohmann::json kernel = nlohmann::json::array();
+  for (const KernelPoint& p : c.kernel) kernel.push_back({{"rows", p.rows}, {"gflops", p.flops_per_s / 1e9}});
+  nlohmann::json workers = nlohmann::json::array();
+  for (const WorkerCountCosts& w : c.per_workers) {
+    nlohmann::json probes = nlohmann::json::array();
+    for (const ServingProbe& p : w.probes) {
+      probes.push_back({{"concurrency", p.concurrency}, {"measured_ms_per_token", p.measured_s * 1e3},
+                        {"simulated_ms_per_token", p.simulated_s * 1e3}});
+    }
+    workers.push_back({{"workers", w.workers},
+                       {"grpc_exchange_latency_us", w.exchange_latency_s * 1e6},
+                       {"grpc_exchange_gbps", w.exchange_bandwidth / 1e9},
+                       {"step_overhead_us", w.step_overhead_s * 1e6},
+                       {"sequence_overhead_us", w.sequence_overhead_s * 1e6},
+                       {"request_overhead_us", w.request_overhead_s * 1e6},
+                       {"probes", probes}});
+  }
+  return {{"model", c.model},
+          {"cores", c.cores},
+          {"matmul", {{"in_features", c.rows_hidden}, {"out_features", c.rows_ffn},
+                      {"weights", c.weight_type == DType::kBF16 ? "bf16" : "f32"}, {"by_rows", kernel}}},
+          {"per_workers", workers}};
+}
+
+nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCosts& costs) {
+  double peak = 0;
+  for (const KernelPoint& p : c.kernel) peak = std::max(peak, p.flops_per_s);
+  nlohmann::json efficiency = nlohmann::json::array();
+  for (const KernelPoint& p : c.kernel) efficiency.push_back({p.rows, p.flops_per_s / peak});
+  // The rate the kernel streams the served weights at one row (from cache where they fit, as served):
+  // the roofline's memory term then never exceeds the measured single-row time.
+  const double weight_bytes = static_cast<double>(c.rows_hidden * c.rows_ffn) * (c.weight_type == DType::kBF16 ? 2.0 : 4.0);
+  const double one_row_s = 2.0 * static_cast<double>(c.rows_hidden * c.rows_ffn) / c.kernel.front().flops_per_s;
+  nlohmann::json cluster = {
+      {"name", absl::StrCat("this-machine-", costs.workers, "w")},
+      {"device", {{"name", "this machine (1 thread)"}, {"peak_tflops", peak / 1e12},
+                  {"memory_gbps", weight_bytes / one_row_s / 1e9}, {"efficiency", efficiency}}},
+      {"topology", "loopback"},
+      {"workers", costs.workers},
+      {"step_overhead_ns", static_cast<int64_t>(costs.step_overhead_s * 1e9)},
+      {"sequence_overhead_ns", static_cast<int64_t>(costs.sequence_overhead_s * 1e9)},
+      {"request_overhead_ns", static_cast<int64_t>(costs.request_overhead_s * 1e9)},
+      {"collective_overhead_ns", static_cast<int64_t>(costs.exchange_latency_s * 1e9)},
+      {"compute_share", std::min(1.0, static_cast<double>(c.cores) / costs.workers)},
+      {"fidelity", "flow"}};
+  if (costs.workers > 1) cluster["shape"] = {{"intra_host_gbps", costs.exchange_bandwidth / 1e9}, {"intra_host_latency_ns", 0}};
+  return cluster;
+}
+
+}  // namespace moe::bench
+
+namespace moe::bench {
+
+sim::ModelShape ServedShape(const ModelConfig& config, const std::string& name, DType weight_type) {
+  return sim::ModelShape::FromConfig(config, name, weight_type == DType::kBF16 ? 2.0 : 4.0, /*activation_bytes=*/4);
+}
+
+absl::StatusOr<sim::SimReport> SimulateClosedLoop(const ModelConfig& config, const sim::ModelShape& shape,
+                                                  const sim::ClusterSpec& cluster, const LoadResult& load,
+                                                  int concurrency, const std::optional<sim::TaskProfile>& task) {
+  sim::WorkloadSpec workload;
+  workload.concurrency = concurrency;
+  workload.requests = static_cast<int64_t>(load.answered.size());
+  if (task) workload.tasks.push_back(*task);
+  std::vector<sim::SimRequest> requests;
+  for (const RequestTiming& r : load.answered) requests.push_back({0, r.prompt_tokens, r.output_tokens, task ? 0 : -1});
+  return sim::SimulateServing(config, shape, sim::ExpertPopularity::Zipf(shape, 0, 1), cluster, workload, requests);
+}
+
+}  // namespace moe::bench

@@ -1,0 +1,95 @@
+// Calibration: what this machine's parts cost, measured with the serving stack's own code, so the
+// simulator can predict the live local cluster (moe-calibrate writes the cluster files; moe-bench-sim-live
+// compares the predictions with the cluster under load).
+//
+// Measured, each as the median of repeated runs:
+//   - the matmul kernel the experts and projections run (kernels/kernels.h, one thread, the served weight
+//     type) at the model's expert shape, by rows in the batch: the device's peak and efficiency curve;
+//   - the gRPC exchange backend (exchange/grpc_exchange.h) among N in-process ranks on loopback: an
+//     all-to-all of one dispatch record per peer (the latency every MoE layer pays twice) and of 1 MiB
+//     per peer (the bandwidth);
+//   - the serving stack's own software cost per step and per sequence in a step (the coordinator's
+//     scheduling, Step RPCs, sampling, streaming each token to its client) and per request (the call's
+//     set-up): two probes of a real local cluster of N workers, one client and then eight clients sending
+//     one short request at a time. What the simulator, given the kernel and exchange figures, does not
+//     account for in each probe's decode time per token is split into a fixed and a per-sequence part
+//     (two equations, two unknowns); what it then leaves of the one-client probe's TTFT is per request.
+#ifndef MOE_BENCH_CALIBRATION_H_
+#define MOE_BENCH_CALIBRATION_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "bench/load_client.h"
+#include "checkpoint/model_config.h"
+#include "common/dtype.h"
+#include "nlohmann/json.hpp"
+#include "simulation/serving.h"
+
+namespace moe::bench {
+
+struct KernelPoint {
+  int64_t rows = 0;
+  double flops_per_s = 0;
+};
+
+// One probe of the live cluster: decode time per token, measured and as simulated without the serving
+// stack's software cost.
+struct ServingProbe {
+  int concurrency = 0;
+  double measured_s = 0, simulated_s = 0;
+};
+
+// The costs that depend on how many workers share the machine.
+struct WorkerCountCosts {
+  int workers = 0;
+  double exchange_latency_s = 0;  // small all-to-all among `workers` ranks (0 for one worker: no exchange)
+  double exchange_bandwidth = 0;  // bytes/s one rank sends its peers in a large all-to-all (0 for one)
+  std::vector<ServingProbe> probes;
+  double step_overhead_s = 0, sequence_overhead_s = 0;  // from the probes, each >= 0
+  double request_overhead_s = 0;  // the one-client probe's TTFT beyond the simulated one, >= 0
+};
+
+struct Calibration {
+  std::string model;  // the checkpoint whose shapes were measured
+  int cores = 1;
+  int64_t rows_hidden = 0, rows_ffn = 0;  // the measured matrix: [ffn, hidden]
+  DType weight_type = DType::kBF16;
+  std::vector<KernelPoint> kernel;  // ascending rows
+  std::vector<WorkerCountCosts> per_workers;
+};
+
+struct CalibrationOptions {
+  std::string model_dir;  // also the model the probes serve
+  std::vector<int> workers = {1, 2, 4};
+  DType weight_type = DType::kBF16;  // how the workers store the weights (the checkpoint's type)
+  int repeats = 41;
+};
+
+// INVALID_ARGUMENT for an unreadable model config or a worker count < 1; INTERNAL when a loopback
+// server cannot start or an exchange fails; the cluster's error when a probe cluster does not start or
+// a probe request fails.
+absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& options);
+
+// The raw measurements, and the moe-sim cluster file (simulation/serving.h ClusterSpec) of this machine
+// running `costs.workers` workers, one coordinator and one compute thread per worker: a device from the
+// kernel curve, loopback ports at the exchange bandwidth, the step fan-out and exchange latency as fixed
+// overheads, and each worker's share of the cores when the workers outnumber them.
+nlohmann::json CalibrationJson(const Calibration& calibration);
+nlohmann::json ThisMachineClusterJson(const Calibration& calibration, const WorkerCountCosts& costs);
+
+// Simulates a closed-loop load as the live cluster saw it: `concurrency` clients, each answered
+// request's prompt and answer length, uniform expert popularity, every request on `task` when given.
+absl::StatusOr<sim::SimReport> SimulateClosedLoop(const ModelConfig& config, const sim::ModelShape& shape,
+                                                  const sim::ClusterSpec& cluster, const LoadResult& load,
+                                                  int concurrency, const std::optional<sim::TaskProfile>& task);
+
+// The model's shape as the CPU workers serve it: `bytes_per_weight` as stored, F32 hidden states on the wire.
+sim::ModelShape ServedShape(const ModelConfig& config, const std::string& name, DType weight_type);
+
+}  // namespace moe::bench
+
+#endif  // MOE_BENCH_CALIBRATION_H_

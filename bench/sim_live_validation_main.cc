@@ -1,0 +1,163 @@
+// moe-bench-sim-live: the simulator's predictions for the live local cluster beside the cluster's own
+// figures. For each worker count, on the full model and on a task expert map, it starts a real local
+// cluster (cluster/run-local), runs the closed-loop load of moe-loadgen against it, then simulates the
+// same requests (closed loop, the same concurrency, each request's prompt and answer length) on the
+// cluster file moe-calibrate wrote for that worker count. Prints predicted vs measured throughput, TTFT
+// p50/p90 and decode time per token, each error, and the median and worst absolute error.
+//   build/bin/moe-calibrate --model models/tiny-moe --out build/calibration
+//   build/bin/moe-bench-sim-live --model models/tiny-moe --calibration build/calibration
+//       [--expert-map DIR (default: moe-prune's add-uncurl-p2 for the model, made once under --calibration)]
+//       [--workers 1,2,4] [--requests 64] [--concurrency 16] [--prompt-len 12] [--max-tokens 16]
+// Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, or failed requests.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "bench/calibration.h"
+#include "bench/load_client.h"
+#include "cluster/local_cluster.h"
+#include "common/flags.h"
+#include "router/expert_map.h"
+
+ABSL_FLAG(std::string, model, "models/tiny-moe", "checkpoint directory");
+ABSL_FLAG(std::string, calibration, "build/calibration", "moe-calibrate's output directory");
+ABSL_FLAG(std::string, expert_map, "", "task expert map directory (empty: make add-uncurl-p2 with moe-prune)");
+ABSL_FLAG(std::vector<std::string>, workers, std::vector<std::string>({"1", "2", "4"}), "worker counts");
+ABSL_FLAG(int32_t, requests, 64, "requests per configuration");
+ABSL_FLAG(int32_t, concurrency, 16, "concurrent clients");
+ABSL_FLAG(int32_t, prompt_len, 12, "prompt tokens");
+ABSL_FLAG(int32_t, max_tokens, 16, "tokens per answer (the end-of-sequence token ignored)");
+ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
+
+namespace {
+
+namespace fs = std::filesystem;
+using moe::bench::Quantile;
+
+int Fail(const std::string& m) {
+  std::cerr << "moe-bench-sim-live: " << m << "\n";
+  return 1;
+}
+
+// The figures compared, live or simulated.
+struct Figures {
+  double tokens_per_s = 0, ttft_p50_s = 0, ttft_p90_s = 0, inter_token_s = 0, all2all_bytes_per_token = 0;
+};
+
+Figures Measured(const moe::bench::LoadResult& load) {
+  std::vector<double> ttft;
+  for (const auto& r : load.answered) ttft.push_back(r.ttft_s);
+  const int64_t tokens = load.tokens();
+  return {load.tokens_per_s(), Quantile(ttft, 0.5), Quantile(ttft, 0.9), load.mean_inter_token_s(),
+          tokens ? static_cast<double>(load.all2all_bytes) / static_cast<double>(tokens) : 0};
+}
+
+Figures Predicted(const moe::sim::SimReport& r) {
+  return {r.tokens_per_s, r.ttft.Percentile(0.5), r.ttft.Percentile(0.9), r.inter_token.MeanSeconds(),
+          r.tokens ? r.all2all_bytes / static_cast<double>(r.tokens) : 0};
+}
+
+// The map moe-prune makes for the model: the add task, UNCURL, half the experts.
+absl::StatusOr<std::string> EnsureExpertMap(const std::string& model, const fs::path& calibration_dir, const fs::path& bin) {
+  const fs::path maps = calibration_dir / "maps";
+  const fs::path dir = maps / "add-uncurl-p2";
+  if (fs::exists(dir / "manifest.json")) return dir.string();
+  const std::string command = absl::StrCat("'", (bin / "moe-prune").string(), "' --model '", model,
+                                           "' --tasks data/tasks --task add --methods uncurl --pruning-factors 2 --out '",
+                                           maps.string(), "' > /dev/null");
+  if (std::system(command.c_str()) != 0 || !fs::exists(dir / "manifest.json")) {
+    return absl::InternalError("moe-prune did not make " + dir.string() + " (run from the repository root)");
+  }
+  return dir.string();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moe::ParseFlags(argc, argv);
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  const fs::path calibration_dir = absl::GetFlag(FLAGS_calibration);
+  const int concurrency = absl::GetFlag(FLAGS_concurrency), max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  const int prompt_len = absl::GetFlag(FLAGS_prompt_len), requests = absl::GetFlag(FLAGS_requests);
+  if (concurrency < 1 || max_tokens < 1 || prompt_len < 1 || requests < 1) {
+    return Fail("--concurrency, --max-tokens, --prompt-len and --requests must be >= 1");
+  }
+  absl::StatusOr<moe::ModelConfig> config = moe::ModelConfig::FromFile(model_dir + "/config.json");
+  if (!config.ok()) return Fail(config.status().ToString());
+  const std::string weights = absl::GetFlag(FLAGS_weights);
+  if (weights != "bf16" && weights != "f32") return Fail("--weights must be bf16 or f32");
+  const moe::sim::ModelShape shape =
+      moe::bench::ServedShape(*config, model_dir, weights == "bf16" ? moe::DType::kBF16 : moe::DType::kF32);
+
+  std::string map_dir = absl::GetFlag(FLAGS_expert_map);
+  if (map_dir.empty()) {
+    absl::StatusOr<std::string> made = EnsureExpertMap(model_dir, calibration_dir, fs::path(argv[0]).parent_path());
+    if (!made.ok()) return Fail(made.status().ToString());
+    map_dir = *made;
+  }
+  absl::StatusOr<moe::ExpertMap> map = moe::ReadExpertMap(map_dir, /*with_weights=*/false);
+  if (!map.ok()) return Fail(map.status().ToString());
+  double reachable = 0;
+  for (const auto& layer : map->layers) reachable += static_cast<double>(map->ReachableExperts(layer.layer));
+  const double kept_fraction =
+      reachable / static_cast<double>(std::max<size_t>(1, map->layers.size()) * static_cast<size_t>(config->num_experts));
+
+  const std::vector<std::vector<int32_t>> prompts =
+      moe::bench::RandomPrompts(config->vocab_size, config->bos_token_id, requests, prompt_len);
+  std::cout << absl::StrFormat(
+      "model %s; %d requests, concurrency %d, prompt %d tokens, up to %d new tokens; map %s (%.0f%% of experts reachable)\n"
+      "simulated: flow fidelity on the cluster files in %s; answers of exactly max_tokens (ignore_eos)\n",
+      model_dir, requests, concurrency, prompt_len, max_tokens, map->name, 100 * kept_fraction, calibration_dir.string());
+  std::cout << "| setup | tokens/s sim | live | err | TTFT p50 ms sim | live | err | TTFT p90 ms sim | live | err | "
+               "ms/token sim | live | err | all2all KB/token sim | live |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::vector<double> errors;
+  for (const std::string& w : absl::GetFlag(FLAGS_workers)) {
+    int workers = 0;
+    if (!absl::SimpleAtoi(w, &workers) || workers < 1) return Fail("--workers must list positive integers");
+    const fs::path cluster_file = calibration_dir / absl::StrFormat("this-machine-%dw.json", workers);
+    absl::StatusOr<moe::sim::ClusterSpec> cluster = moe::sim::ClusterSpec::FromFile(cluster_file.string());
+    if (!cluster.ok()) return Fail(absl::StrCat(cluster.status().ToString(), " (run moe-calibrate first)"));
+    for (const bool with_map : {false, true}) {
+      const std::string task = with_map ? map->name : "";
+      std::vector<std::string> coordinator_flags;
+      if (with_map) coordinator_flags = {"--expert_maps", map_dir};
+      auto live = moe::LocalCluster::Start(model_dir, workers, coordinator_flags, std::chrono::seconds(180), {"--threads", "1"});
+      if (!live.ok()) return Fail(live.status().ToString());
+      moe::bench::RunClosedLoop((*live)->address(), {prompts[0]}, 1, {2, task, true});  // warm-up: connections, first touch
+      const moe::bench::LoadResult load =
+          moe::bench::RunClosedLoop((*live)->address(), prompts, concurrency, {max_tokens, task, /*ignore_eos=*/true});
+      if (!(*live)->Stop().ok()) std::cerr << "moe-bench-sim-live: the cluster did not stop cleanly\n";
+      if (load.failures > 0) return Fail(absl::StrCat(load.failures, " requests failed on ", workers, " workers"));
+
+      std::optional<moe::sim::TaskProfile> task_profile;
+      if (with_map) task_profile = moe::sim::TaskProfile{map->name, 1.0, kept_fraction, 1.0};
+      absl::StatusOr<moe::sim::SimReport> report =
+          moe::bench::SimulateClosedLoop(*config, shape, *cluster, load, concurrency, task_profile);
+      if (!report.ok()) return Fail(report.status().ToString());
+
+      const Figures p = Predicted(*report), m = Measured(load);
+      auto err = [&errors](double predicted, double measured) {
+        const double e = measured > 0 ? (predicted - measured) / measured : 0;
+        errors.push_back(std::abs(e));
+        return absl::StrFormat("%+.0f%%", 100 * e);
+      };
+      std::cout << absl::StrFormat("| %d worker%s, %s | %.0f | %.0f | %s | %.2f | %.2f | %s | %.2f | %.2f | %s | %.2f | %.2f | %s | %.2f | %.2f |\n",
+                                   workers, workers > 1 ? "s" : "", with_map ? map->name : "full model", p.tokens_per_s,
+                                   m.tokens_per_s, err(p.tokens_per_s, m.tokens_per_s), p.ttft_p50_s * 1e3, m.ttft_p50_s * 1e3,
+                                   err(p.ttft_p50_s, m.ttft_p50_s), p.ttft_p90_s * 1e3, m.ttft_p90_s * 1e3,
+                                   err(p.ttft_p90_s, m.ttft_p90_s), p.inter_token_s * 1e3, m.inter_token_s * 1e3,
+                                   err(p.inter_token_s, m.inter_token_s), p.all2all_bytes_per_token / 1e3,
+                                   m.all2all_bytes_per_token / 1e3)
+                << std::flush;
+    }
+  }
+  std::cout << absl::StrFormat("absolute error over %d figures: median %.0f%%, worst %.0f%% (targets: 10%%, 25%%)\n",
+                               errors.size(), 100 * Quantile(errors, 0.5), 100 * Quantile(errors, 1.0));
+  return 0;
+}
