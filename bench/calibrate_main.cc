@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
   if (!c.ok()) return Fail(c.status().ToString());
 
   std::cout << absl::StrFormat("%d cores; matmul [%d x %d] %s weights, 1 thread:\n| rows | GFLOP/s |\n|---|---|\n", c->cores,
-                               c->rows_ffn, c->rows_hidden, weights);
+                               c->matmul_out_features, c->matmul_in_features, weights);
   for (const auto& p : c->kernel) std::cout << absl::StrFormat("| %d | %.2f |\n", p.rows, p.flops_per_s / 1e9);
   std::cout << "| workers | gRPC all-to-all latency us | gRPC all-to-all GB/s per rank | probe ms/token (live, simulated) | "
                "step overhead us | per-sequence overhead us | per-request overhead us |\n|---|---|---|---|---|---|---|\n";

@@ -109,7 +109,6 @@ absl::StatusOr<double> MeasureExchange(int ranks, size_t bytes_per_peer, int rep
   return Median(slowest);
 }
 
-
 // The probes: one client, then eight, each sending one request (a 12-token prompt, 32 new tokens)
 // at a time, on a fresh local cluster of `workers` workers. Run before any in-process measurement, so
 // no lingering gRPC thread of this process competes with the cluster.
@@ -170,15 +169,15 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
   Calibration c;
   c.model = options.model_dir;
   c.cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  c.rows_hidden = config->hidden_size;
-  c.rows_ffn = config->expert_ffn_size;
+  c.matmul_in_features = config->hidden_size;
+  c.matmul_out_features = config->expert_ffn_size;
   c.weight_type = options.weight_type;
   std::vector<std::vector<LoadResult>> probe_loads;
   for (int workers : options.workers) {
     if (workers < 1) return absl::InvalidArgumentError("calibration: worker counts must be >= 1");
     MOE_ASSIGN_OR_RETURN(probe_loads.emplace_back(), RunProbes(options.model_dir, *config, workers));
   }
-  c.kernel = MeasureKernel(c.rows_hidden, c.rows_ffn, options.weight_type, options.repeats);
+  c.kernel = MeasureKernel(c.matmul_in_features, c.matmul_out_features, options.weight_type, options.repeats);
 
   // One dispatch record (count, experts, weights, hidden state in F32) after the message header: what
   // a decode step sends each peer per layer.
@@ -225,7 +224,7 @@ nlohmann::json CalibrationJson(const Calibration& c) {
   }
   return {{"model", c.model},
           {"cores", c.cores},
-          {"matmul", {{"in_features", c.rows_hidden}, {"out_features", c.rows_ffn},
+          {"matmul", {{"in_features", c.matmul_in_features}, {"out_features", c.matmul_out_features},
                       {"weights", c.weight_type == DType::kBF16 ? "bf16" : "f32"}, {"by_rows", kernel}}},
           {"per_workers", workers}};
 }
@@ -237,8 +236,8 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
   for (const KernelPoint& p : c.kernel) efficiency.push_back({p.rows, p.flops_per_s / peak});
   // The rate the kernel streams the served weights at one row (from cache where they fit, as served):
   // the roofline's memory term then never exceeds the measured single-row time.
-  const double weight_bytes = static_cast<double>(c.rows_hidden * c.rows_ffn) * (c.weight_type == DType::kBF16 ? 2.0 : 4.0);
-  const double one_row_s = 2.0 * static_cast<double>(c.rows_hidden * c.rows_ffn) / c.kernel.front().flops_per_s;
+  const double weight_bytes = static_cast<double>(c.matmul_in_features * c.matmul_out_features) * (c.weight_type == DType::kBF16 ? 2.0 : 4.0);
+  const double one_row_s = 2.0 * static_cast<double>(c.matmul_in_features * c.matmul_out_features) / c.kernel.front().flops_per_s;
   nlohmann::json cluster = {
       {"name", absl::StrCat("this-machine-", costs.workers, "w")},
       {"device", {{"name", "this machine (1 thread)"}, {"peak_tflops", peak / 1e12},

@@ -56,7 +56,7 @@ struct WorkerCountCosts {
 struct Calibration {
   std::string model;  // the checkpoint whose shapes were measured
   int cores = 1;
-  int64_t rows_hidden = 0, rows_ffn = 0;  // the measured matrix: [ffn, hidden]
+  int64_t matmul_in_features = 0, matmul_out_features = 0;  // the measured matrix: hidden -> expert ffn
   DType weight_type = DType::kBF16;
   std::vector<KernelPoint> kernel;  // ascending rows
   std::vector<WorkerCountCosts> per_workers;
