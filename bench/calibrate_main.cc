@@ -38,8 +38,9 @@ int main(int argc, char** argv) {
   options.model_dir = absl::GetFlag(FLAGS_model);
   if (options.model_dir.empty()) return Fail("--model is required");
   const std::string weights = absl::GetFlag(FLAGS_weights);
-  if (weights != "bf16" && weights != "f32") return Fail("--weights must be bf16 or f32");
-  options.weight_type = weights == "bf16" ? moe::DType::kBF16 : moe::DType::kF32;
+  const std::optional<moe::DType> weight_type = moe::bench::ServedWeightType(weights);
+  if (!weight_type) return Fail("--weights must be bf16 or f32");
+  options.weight_type = *weight_type;
   options.repeats = absl::GetFlag(FLAGS_repeats);
   if (options.repeats < 1) return Fail("--repeats must be >= 1");
   options.workers.clear();

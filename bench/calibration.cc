@@ -24,11 +24,6 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
 // Rows per matmul call: decode batches up to a long prefill.
 constexpr int64_t kKernelRows[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
 
@@ -48,7 +43,7 @@ std::vector<KernelPoint> MeasureKernel(int64_t hidden, int64_t ffn, DType weight
       for (int c = 0; c < calls; ++c) MatMul(x.data(), rows, packed, y.data(), nullptr);
       samples.push_back(Seconds(Clock::now() - t0) / calls);
     }
-    points.push_back({rows, 2.0 * static_cast<double>(rows * hidden * ffn) / Median(samples)});
+    points.push_back({rows, 2.0 * static_cast<double>(rows * hidden * ffn) / Quantile(samples, 0.5)});
   }
   return points;
 }
@@ -106,7 +101,7 @@ absl::StatusOr<double> MeasureExchange(int ranks, size_t bytes_per_peer, int rep
   }
   std::vector<double> slowest;
   for (int round = 1; round <= repeats; ++round) slowest.push_back(*std::max_element(times[round].begin(), times[round].end()));
-  return Median(slowest);
+  return Quantile(slowest, 0.5);
 }
 
 // The probes: one client, then eight, each sending one request (a 12-token prompt, 32 new tokens)
@@ -236,7 +231,8 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
   for (const KernelPoint& p : c.kernel) efficiency.push_back({p.rows, p.flops_per_s / peak});
   // The rate the kernel streams the served weights at one row (from cache where they fit, as served):
   // the roofline's memory term then never exceeds the measured single-row time.
-  const double weight_bytes = static_cast<double>(c.matmul_in_features * c.matmul_out_features) * (c.weight_type == DType::kBF16 ? 2.0 : 4.0);
+  const double weight_bytes =
+      static_cast<double>(c.matmul_in_features * c.matmul_out_features) * static_cast<double>(DTypeSize(c.weight_type));
   const double one_row_s = 2.0 * static_cast<double>(c.matmul_in_features * c.matmul_out_features) / c.kernel.front().flops_per_s;
   nlohmann::json cluster = {
       {"name", absl::StrCat("this-machine-", costs.workers, "w")},
@@ -258,8 +254,14 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
 
 namespace moe::bench {
 
+std::optional<DType> ServedWeightType(const std::string& name) {
+  if (name == "bf16") return DType::kBF16;
+  if (name == "f32") return DType::kF32;
+  return std::nullopt;
+}
+
 sim::ModelShape ServedShape(const ModelConfig& config, const std::string& name, DType weight_type) {
-  return sim::ModelShape::FromConfig(config, name, weight_type == DType::kBF16 ? 2.0 : 4.0, /*activation_bytes=*/4);
+  return sim::ModelShape::FromConfig(config, name, static_cast<double>(DTypeSize(weight_type)), /*activation_bytes=*/4);
 }
 
 absl::StatusOr<sim::SimReport> SimulateClosedLoop(const ModelConfig& config, const sim::ModelShape& shape,

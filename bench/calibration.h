@@ -87,6 +87,9 @@ absl::StatusOr<sim::SimReport> SimulateClosedLoop(const ModelConfig& config, con
                                                   const sim::ClusterSpec& cluster, const LoadResult& load,
                                                   int concurrency, const std::optional<sim::TaskProfile>& task);
 
+// "bf16" or "f32" (a --weights flag: how the workers store the weights); nullopt for anything else.
+std::optional<DType> ServedWeightType(const std::string& name);
+
 // The model's shape as the CPU workers serve it: `bytes_per_weight` as stored, F32 hidden states on the wire.
 sim::ModelShape ServedShape(const ModelConfig& config, const std::string& name, DType weight_type);
 

@@ -89,10 +89,9 @@ int main(int argc, char** argv) {
   }
   absl::StatusOr<moe::ModelConfig> config = moe::ModelConfig::FromFile(model_dir + "/config.json");
   if (!config.ok()) return Fail(config.status().ToString());
-  const std::string weights = absl::GetFlag(FLAGS_weights);
-  if (weights != "bf16" && weights != "f32") return Fail("--weights must be bf16 or f32");
-  const moe::sim::ModelShape shape =
-      moe::bench::ServedShape(*config, model_dir, weights == "bf16" ? moe::DType::kBF16 : moe::DType::kF32);
+  const std::optional<moe::DType> weight_type = moe::bench::ServedWeightType(absl::GetFlag(FLAGS_weights));
+  if (!weight_type) return Fail("--weights must be bf16 or f32");
+  const moe::sim::ModelShape shape = moe::bench::ServedShape(*config, model_dir, *weight_type);
 
   std::string map_dir = absl::GetFlag(FLAGS_expert_map);
   if (map_dir.empty()) {
@@ -102,10 +101,7 @@ int main(int argc, char** argv) {
   }
   absl::StatusOr<moe::ExpertMap> map = moe::ReadExpertMap(map_dir, /*with_weights=*/false);
   if (!map.ok()) return Fail(map.status().ToString());
-  double reachable = 0;
-  for (const auto& layer : map->layers) reachable += static_cast<double>(map->ReachableExperts(layer.layer));
-  const double kept_fraction =
-      reachable / static_cast<double>(std::max<size_t>(1, map->layers.size()) * static_cast<size_t>(config->num_experts));
+  const double kept_fraction = map->MeanReachableExperts() / static_cast<double>(config->num_experts);
 
   const std::vector<std::vector<int32_t>> prompts =
       moe::bench::RandomPrompts(config->vocab_size, config->bos_token_id, requests, prompt_len);

@@ -58,6 +58,13 @@ int64_t ExpertMap::ReachableExperts(int64_t layer) const {
   return model.num_experts;
 }
 
+double ExpertMap::MeanReachableExperts() const {
+  if (layers.empty()) return 0;
+  double sum = 0;
+  for (const LayerExpertMap& lm : layers) sum += static_cast<double>(ReachableExperts(lm.layer));
+  return sum / static_cast<double>(layers.size());
+}
+
 absl::Status ValidateExpertMap(const ExpertMap& map, const ModelIdentity& model, int64_t top_k) {
   MOE_RETURN_IF_ERROR(CheckSameModel(map.model, model, absl::StrCat("expert map '", map.name, "'")));
   if (map.name.empty()) return Invalid(map, "has no name");

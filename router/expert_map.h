@@ -63,6 +63,8 @@ struct ExpertMap {
 
   // Distinct experts a token of this task can reach in `layer` (kept originals + merged).
   int64_t ReachableExperts(int64_t layer) const;
+  // ReachableExperts averaged over the map's layers; 0 for a map without layers.
+  double MeanReachableExperts() const;
 };
 
 // Checks the map's structure and that it belongs to `model` (identity, shapes, targets in range, every

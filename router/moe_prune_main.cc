@@ -143,12 +143,8 @@ int main(int argc, char** argv) {
         const std::string dir = absl::StrCat(absl::GetFlag(FLAGS_out), "/", map.name);
         if (absl::Status s = moe::WriteExpertMap(map, dir, storage); !s.ok()) return Fail(s.ToString());
         std::cout << absl::StrFormat("%s: %d tokens ->", dir, (*stats)[map.layers[0].layer].num_tokens());
-        double reachable = 0;
-        for (const moe::LayerExpertMap& lm : map.layers) {
-          std::cout << " | layer " << lm.layer << ":" << Members(lm);
-          reachable += static_cast<double>(map.ReachableExperts(lm.layer));
-        }
-        std::cout << absl::StrFormat(" | reachable=%.2f\n", reachable / static_cast<double>(map.layers.size()));
+        for (const moe::LayerExpertMap& lm : map.layers) std::cout << " | layer " << lm.layer << ":" << Members(lm);
+        std::cout << absl::StrFormat(" | reachable=%.2f\n", map.MeanReachableExperts());
       }
     }
   }

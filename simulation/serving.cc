@@ -280,6 +280,13 @@ struct WorkerBatch {
   std::vector<std::pair<int, double>> home;  // (task, expected rows) whose map lives on this worker
 };
 
+// Sequences in a replica's step, over all its workers.
+int64_t SequencesIn(const std::vector<WorkerBatch>& batches) {
+  int64_t n = 0;
+  for (const WorkerBatch& b : batches) n += b.sequences;
+  return n;
+}
+
 // One flow-fidelity step of one replica: per layer, every worker's attention, dispatch, expert compute
 // and combine as events; a worker goes on to its next layer as soon as its own combine has arrived.
 struct FlowStep {
@@ -749,9 +756,7 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
     busy[w] += static_cast<double>(lm_head[w]);
     worker_busy_ns_[r.index * W + w] += busy[w];
   }
-  int64_t sequences = 0;
-  for (int w = 0; w < W; ++w) sequences += batches[w].sequences;
-  const Nanos total = static_cast<Nanos>(std::ceil(step + head)) + cluster_.StepOverhead(sequences);
+  const Nanos total = static_cast<Nanos>(std::ceil(step + head)) + cluster_.StepOverhead(SequencesIn(batches));
   report_.all2all_bytes += sent;
   series_->Add(sim_.now(), sim_.now() + total, r.index * 2 * W, port_bytes);
   for (int p = 0; p < 2 * W; ++p) fluid_port_bytes_[r.index * 2 * W + p] += port_bytes[p];
@@ -852,9 +857,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
       worker_busy_ns_[ri * W + w] += static_cast<double>(head);
       sim_.After(head, [=, this] {
         if (--step->workers_left == 0) {
-          int64_t sequences = 0;
-          for (const WorkerBatch& b : step->batches) sequences += b.sequences;
-          sim_.After(cluster_.StepOverhead(sequences), [=, this] { EndStep(*replica, step->batches); });
+          sim_.After(cluster_.StepOverhead(SequencesIn(step->batches)), [=, this] { EndStep(*replica, step->batches); });
         }
       });
       return;
