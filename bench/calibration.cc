@@ -53,7 +53,7 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartLoopbackServer(grpc::Service*
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(service);
-  builder.SetMaxReceiveMessageSize(-1);
+  ConfigureInternalServer(&builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) return absl::InternalError("calibration: cannot start a loopback gRPC server");
   *address = absl::StrCat("127.0.0.1:", port);

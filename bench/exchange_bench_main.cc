@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(-1);
+  moe::ConfigureInternalServer(&builder);
   auto server = builder.BuildAndStart();
   std::vector<int> ports(static_cast<size_t>(size));
   MPI_Allgather(&port, 1, MPI_INT, ports.data(), 1, MPI_INT, MPI_COMM_WORLD);
@@ -82,7 +82,10 @@ int main(int argc, char** argv) {
     for (int64_t tokens : {1, 16, 64, 256, 1024, 4096}) {
       const int64_t per_peer_tokens = std::max<int64_t>(1, tokens / size);
       const size_t bytes = static_cast<size_t>(per_peer_tokens * hidden * dtype_bytes);
-      std::vector<std::string> payload(static_cast<size_t>(size), std::string(bytes, static_cast<char>(rank)));
+      // The backends' hot-path API: contiguous caller-owned buffers, reused across collectives.
+      moe::ExchangeBuffer payload, received;
+      payload.Layout(std::vector<size_t>(static_cast<size_t>(size), bytes));
+      std::memset(payload.block(0), rank, payload.total_bytes());
       // Plain MPI_Alltoallv on one contiguous buffer.
       std::string send_buf(bytes * size, 'x'), recv_buf(bytes * size, '\0');
       std::vector<int> counts(static_cast<size_t>(size), static_cast<int>(bytes)), displs(static_cast<size_t>(size));
@@ -92,10 +95,10 @@ int main(int argc, char** argv) {
                       displs.data(), MPI_BYTE, MPI_COMM_WORLD);
       });
       const double mpi = MedianSeconds(iters, [&] {
-        if (!mpi_exchange.AllToAll(tag++, payload).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+        if (!mpi_exchange.AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
       });
       const double grpc_s = MedianSeconds(iters, [&] {
-        if (!grpc_exchange.AllToAll(tag++, payload).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+        if (!grpc_exchange.AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
       });
       const double sent = static_cast<double>(bytes) * (size - 1);
       if (rank == 0) {

@@ -1,4 +1,5 @@
 // The Exchange test suite, run unchanged against every backend that can run in this process.
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <random>
@@ -56,6 +57,34 @@ TEST_P(ExchangeSuite, AllToAllDeliversEveryBufferToItsDestination) {
   }
 }
 
+TEST_P(ExchangeSuite, AllToAllVFillsCallerOwnedBuffersReusedAcrossCollectives) {
+  constexpr int kSize = 3;
+  auto group = GetParam().make(kSize, std::chrono::seconds(10));
+  auto status = RunMembers(kSize, [&](int rank) -> absl::Status {
+    Exchange* ex = group->Member(rank);
+    ExchangeBuffer send, recv;  // one pair for all collectives, as the dispatcher keeps them
+    for (uint64_t tag = 1; tag <= 12; ++tag) {
+      std::vector<size_t> sizes;
+      for (int to = 0; to < kSize; ++to) sizes.push_back(ExchangeTestPayload(tag, rank, to).size());
+      send.Layout(sizes);
+      for (int to = 0; to < kSize; ++to) {
+        const std::string p = ExchangeTestPayload(tag, rank, to);
+        std::memcpy(send.block(to), p.data(), p.size());
+      }
+      if (absl::Status s = ex->AllToAllV(tag, send, &recv); !s.ok()) return s;
+      if (recv.members() != kSize) return absl::InternalError("receive buffer has the wrong block count");
+      for (int from = 0; from < kSize; ++from) {
+        const absl::Span<const char> got = recv.view(from);
+        if (std::string(got.data(), got.size()) != ExchangeTestPayload(tag, from, rank)) {
+          return absl::InternalError("wrong block from " + std::to_string(from) + " at tag " + std::to_string(tag));
+        }
+      }
+    }
+    return absl::OkStatus();
+  });
+  for (int r = 0; r < kSize; ++r) EXPECT_THAT(status[r], IsOk()) << GetParam().name << " rank " << r;
+}
+
 TEST_P(ExchangeSuite, AMemberThatSkipsTheCollectiveGivesDeadlineExceededNotAHang) {
   auto group = GetParam().make(3, std::chrono::milliseconds(300));
   auto status = RunMembers(3, [&](int rank) -> absl::Status {
@@ -80,6 +109,35 @@ INSTANTIATE_TEST_SUITE_P(
                                 return std::make_unique<GrpcGroup>(n, t);
                               }}),
     [](const auto& info) { return info.param.name; });
+
+TEST(ExchangeBufferTest, LayoutReusesStorageUnlessATransportStillHoldsIt) {
+  ExchangeBuffer b;
+  b.Layout(std::vector<size_t>{3, 0, 5});
+  EXPECT_EQ(b.members(), 3);
+  EXPECT_EQ(b.offset(2), 3u);
+  EXPECT_EQ(b.block_size(1), 0u);
+  EXPECT_EQ(b.total_bytes(), 8u);
+  std::memcpy(b.block(0), "abcdefgh", 8);
+  const char* first = b.block(0);
+  b.Layout(std::vector<size_t>{4, 4});
+  EXPECT_EQ(b.block(0), first) << "a smaller layout reuses the storage";
+  std::shared_ptr<char[]> in_flight = b.ShareStorage();  // what a zero-copy send holds
+  b.Layout(std::vector<size_t>{4, 4});
+  EXPECT_NE(b.block(0), first) << "storage still held by a transport is not overwritten";
+  EXPECT_EQ(std::string(in_flight.get(), 8), "abcdefgh");
+}
+
+TEST(GrpcExchangeTest, HeaderBytesFollowedByThePayloadParseAsTheExchangeMessage) {
+  const std::string payload(300, 'p');  // long enough for a two-byte length varint
+  v1::ExchangeMessage m;
+  ASSERT_TRUE(m.ParseFromString(EncodeExchangeHeader(9, 1ull << 40, 3, payload.size()) + payload));
+  EXPECT_EQ(m.epoch(), 9u);
+  EXPECT_EQ(m.tag(), 1ull << 40);
+  EXPECT_EQ(m.from(), 3);
+  EXPECT_EQ(m.payload(), payload);
+  ASSERT_TRUE(m.ParseFromString(EncodeExchangeHeader(1, 2, 0, 0)));
+  EXPECT_EQ(m.payload(), "");
+}
 
 TEST(GrpcExchangeTest, RefusesMessagesFromAnotherEpochOrANonMember) {
   GrpcGroup group(2, std::chrono::milliseconds(500));

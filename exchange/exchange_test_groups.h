@@ -42,7 +42,7 @@ class GrpcGroup : public Group {
       int port = 0;
       builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
       builder.RegisterService(services_.back().get());
-      builder.SetMaxReceiveMessageSize(-1);
+      ConfigureInternalServer(&builder);
       servers_.push_back(builder.BuildAndStart());
       addresses.push_back("127.0.0.1:" + std::to_string(port));
     }

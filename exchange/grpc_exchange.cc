@@ -1,85 +1,142 @@
 #include "exchange/grpc_exchange.h"
 
+#include <cstring>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/wire_format_lite.h"
 #include "proto/grpc_util.h"
 
 namespace moe {
+
+namespace {
+
+// HTTP/2 flow control and framing for the data plane. gRPC's defaults (64 KB initial windows grown by
+// BDP probes, 16 KB frames) pace a multi-megabyte block by window updates; internal peers are trusted
+// and the exchange bounds its own memory, so the windows start large and stay large.
+constexpr int kWindowBytes = 64 << 20;
+constexpr int kFrameBytes = (16 << 20) - 1;  // the largest HTTP/2 allows
+
+const std::string& ExchangeMethod() {
+  static const std::string* method = new std::string(absl::StrCat("/", v1::Worker::service_full_name(), "/Exchange"));
+  return *method;
+}
+
+}  // namespace
 
 grpc::ChannelArguments InternalChannelArguments() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kWindowBytes);
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kFrameBytes);
   return args;
+}
+
+void ConfigureInternalServer(grpc::ServerBuilder* builder) {
+  builder->SetMaxReceiveMessageSize(-1);
+  builder->SetMaxSendMessageSize(-1);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kWindowBytes);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kFrameBytes);
+}
+
+std::string EncodeExchangeHeader(uint64_t epoch, uint64_t tag, int from, size_t payload_bytes) {
+  v1::ExchangeMessage head;
+  head.set_epoch(epoch);
+  head.set_tag(tag);
+  head.set_from(from);
+  std::string out = head.SerializeAsString();
+  {
+    google::protobuf::io::StringOutputStream stream(&out);  // appends
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.WriteTag(google::protobuf::internal::WireFormatLite::MakeTag(
+        v1::ExchangeMessage::kPayloadFieldNumber, google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+    coded.WriteVarint64(payload_bytes);
+  }
+  return out;
 }
 
 GrpcExchange::GrpcExchange(int rank, uint64_t epoch, const std::vector<std::string>& addresses,
                            std::chrono::milliseconds timeout)
     : rank_(rank), epoch_(epoch), timeout_(timeout) {
   for (const std::string& a : addresses) {
-    stubs_.push_back(v1::Worker::NewStub(
+    stubs_.push_back(std::make_unique<grpc::GenericStub>(
         grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), InternalChannelArguments())));
   }
 }
 
-absl::StatusOr<std::vector<std::string>> GrpcExchange::AllToAll(uint64_t tag, std::vector<std::string> send) {
-  if (static_cast<int>(send.size()) != size()) return absl::InvalidArgumentError("AllToAll: one buffer per member");
-  std::vector<std::string> recv(static_cast<size_t>(size()));
-  recv[rank_] = std::move(send[rank_]);
-
+absl::Status GrpcExchange::AllToAllV(uint64_t tag, const ExchangeBuffer& send, ExchangeBuffer* recv) {
+  MOE_RETURN_IF_ERROR(CheckBlockCount(send, size()));
   struct Call {
     grpc::ClientContext context;
-    v1::ExchangeMessage request;
-    v1::ExchangeAck response;
+    grpc::ByteBuffer request, response;
     grpc::Status status;
   };
   std::vector<std::unique_ptr<Call>> calls;
   absl::Mutex mutex;
   int pending = 0;
-  for (int to = 0; to < size(); ++to) {
-    if (to == rank_) continue;
+  for (int i = 1; i < size(); ++i) {
+    const int to = (rank_ + i) % size();
     auto call = std::make_unique<Call>();
     call->context.set_deadline(DeadlineAfter(timeout_));
-    call->request.set_epoch(epoch_);
-    call->request.set_tag(tag);
-    call->request.set_from(rank_);
-    bytes_sent_ += static_cast<int64_t>(send[to].size());
-    call->request.set_payload(std::move(send[to]));
+    const size_t bytes = send.block_size(to);
+    const std::string header = EncodeExchangeHeader(epoch_, tag, rank_, bytes);
+    std::vector<grpc::Slice> slices{grpc::Slice(header.data(), header.size())};
+    if (bytes > 0) {
+      // Zero-copy: the slice keeps the send storage alive until gRPC has written it.
+      auto* keep = new std::shared_ptr<char[]>(send.ShareStorage());
+      slices.emplace_back(const_cast<char*>(send.block(to)), bytes,
+                          [](void* p) { delete static_cast<std::shared_ptr<char[]>*>(p); }, keep);
+    }
+    call->request = grpc::ByteBuffer(slices.data(), slices.size());
+    bytes_sent_ += static_cast<int64_t>(bytes);
     {
       absl::MutexLock lock(&mutex);
       ++pending;
     }
     Call* raw = call.get();
-    stubs_[to]->async()->Exchange(&raw->context, &raw->request, &raw->response, [raw, &mutex, &pending](grpc::Status s) {
-      absl::MutexLock lock(&mutex);
-      raw->status = std::move(s);
-      --pending;
-    });
+    stubs_[to]->UnaryCall(&raw->context, ExchangeMethod(), grpc::StubOptions(), &raw->request, &raw->response,
+                          [raw, &mutex, &pending](grpc::Status s) {
+                            absl::MutexLock lock(&mutex);
+                            raw->status = std::move(s);
+                            --pending;
+                          });
     calls.push_back(std::move(call));
   }
   // Receive while the sends are in flight; then make sure every send landed.
   absl::Status receive_status;
-  for (int from = 0; from < size() && receive_status.ok(); ++from) {
-    if (from == rank_) continue;
+  arrived_.resize(static_cast<size_t>(size()));
+  for (int i = 1; i < size() && receive_status.ok(); ++i) {
+    const int from = (rank_ - i + size()) % size();
     auto msg = inbox_.Take(tag, from, timeout_);
     if (!msg.ok()) receive_status = msg.status();
-    else recv[from] = std::move(*msg);
+    else arrived_[from] = std::move(*msg);
   }
   {
     absl::MutexLock lock(&mutex);
     mutex.Await(absl::Condition(+[](int* p) { return *p == 0; }, &pending));  // each call has a deadline
   }
-  size_t i = 0;
-  for (int to = 0; to < size(); ++to) {
-    if (to == rank_) continue;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const int to = (rank_ + 1 + static_cast<int>(i)) % size();
     if (!calls[i]->status.ok()) return FromGrpcStatus(calls[i]->status, absl::StrCat("exchange send to member ", to));
-    ++i;
   }
   MOE_RETURN_IF_ERROR(receive_status);
-  return recv;
+  recv_sizes_.resize(static_cast<size_t>(size()));
+  for (int p = 0; p < size(); ++p) recv_sizes_[p] = p == rank_ ? send.block_size(p) : arrived_[p].size();
+  recv->Layout(recv_sizes_);
+  std::memcpy(recv->block(rank_), send.block(rank_), recv_sizes_[rank_]);
+  for (int p = 0; p < size(); ++p) {
+    if (p == rank_) continue;
+    std::memcpy(recv->block(p), arrived_[p].data(), recv_sizes_[p]);
+    arrived_[p] = std::string();  // the mailbox handed over its storage; do not keep megabytes around
+  }
+  return absl::OkStatus();
 }
 
 grpc::Status GrpcExchange::Deliver(const v1::ExchangeMessage& m) {

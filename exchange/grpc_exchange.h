@@ -1,5 +1,11 @@
 // Exchange over gRPC: each member sends every peer one unary Worker.Exchange call per collective and
 // collects the peers' messages from its mailbox. Works across hosts; the epoch guards membership changes.
+//
+// The send side does not serialize the payload: the request is the ExchangeMessage's header bytes
+// followed by a slice that points into the caller's send buffer (which stays alive while gRPC holds
+// the slice, see ExchangeBuffer). Channels and servers use large HTTP/2 windows and frames
+// (InternalChannelArguments, ConfigureInternalServer), so a multi-megabyte block is not paced by
+// flow-control round trips.
 #ifndef MOE_EXCHANGE_GRPC_EXCHANGE_H_
 #define MOE_EXCHANGE_GRPC_EXCHANGE_H_
 
@@ -11,13 +17,21 @@
 
 #include "exchange/exchange.h"
 #include "exchange/mailbox.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "moe/v1/cluster.grpc.pb.h"
 
 namespace moe {
 
-// Channel arguments shared by every internal connection (no message size limit).
+// Channel arguments shared by every internal connection: no message size limit, large HTTP/2 windows
+// and frames.
 grpc::ChannelArguments InternalChannelArguments();
+// The same settings for a server that internal peers call (workers, tests, benchmarks).
+void ConfigureInternalServer(grpc::ServerBuilder* builder);
+
+// ExchangeMessage's wire bytes up to its payload's first byte: epoch, tag and from, then the payload
+// field's key and length. Followed by `payload_bytes` bytes it parses as the full message.
+std::string EncodeExchangeHeader(uint64_t epoch, uint64_t tag, int from, size_t payload_bytes);
 
 class GrpcExchange : public Exchange {
  public:
@@ -28,7 +42,7 @@ class GrpcExchange : public Exchange {
   int rank() const override { return rank_; }
   int size() const override { return static_cast<int>(stubs_.size()); }
   uint64_t epoch() const { return epoch_; }
-  absl::StatusOr<std::vector<std::string>> AllToAll(uint64_t tag, std::vector<std::string> send) override;
+  absl::Status AllToAllV(uint64_t tag, const ExchangeBuffer& send, ExchangeBuffer* recv) override;
 
   // The receiving half, called from the Worker service's Exchange handler (any thread). Refuses,
   // without storing, a message of another epoch (FAILED_PRECONDITION) or from a non-member
@@ -45,7 +59,9 @@ class GrpcExchange : public Exchange {
   int rank_;
   uint64_t epoch_;
   std::chrono::milliseconds timeout_;
-  std::vector<std::unique_ptr<v1::Worker::Stub>> stubs_;
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;  // Worker.Exchange, request bytes built here
+  std::vector<size_t> recv_sizes_;
+  std::vector<std::string> arrived_;
   Mailbox inbox_;
   std::atomic<int64_t> bytes_sent_{0};
 };

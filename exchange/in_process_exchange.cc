@@ -1,5 +1,7 @@
 #include "exchange/in_process_exchange.h"
 
+#include <cstring>
+
 #include "common/status.h"
 
 namespace moe {
@@ -10,14 +12,17 @@ class InProcessExchangeGroup::MemberImpl : public Exchange {
       : rank_(rank), boxes_(boxes), timeout_(timeout) {}
   int rank() const override { return rank_; }
   int size() const override { return static_cast<int>(boxes_->size()); }
-  absl::StatusOr<std::vector<std::string>> AllToAll(uint64_t tag, std::vector<std::string> send) override {
-    if (static_cast<int>(send.size()) != size()) return absl::InvalidArgumentError("AllToAll: one buffer per member");
-    for (int to = 0; to < size(); ++to) MOE_RETURN_IF_ERROR((*boxes_)[to]->Put(tag, rank_, std::move(send[to])));
-    std::vector<std::string> recv(static_cast<size_t>(size()));
-    for (int from = 0; from < size(); ++from) {
-      MOE_ASSIGN_OR_RETURN(recv[from], (*boxes_)[rank_]->Take(tag, from, timeout_));
+  absl::Status AllToAllV(uint64_t tag, const ExchangeBuffer& send, ExchangeBuffer* recv) override {
+    MOE_RETURN_IF_ERROR(CheckBlockCount(send, size()));
+    for (int to = 0; to < size(); ++to) {
+      MOE_RETURN_IF_ERROR((*boxes_)[to]->Put(tag, rank_, std::string(send.block(to), send.block_size(to))));
     }
-    return recv;
+    std::vector<std::string> arrived(static_cast<size_t>(size()));
+    for (int from = 0; from < size(); ++from) {
+      MOE_ASSIGN_OR_RETURN(arrived[from], (*boxes_)[rank_]->Take(tag, from, timeout_));
+    }
+    CopyIntoBlocks(arrived, recv);
+    return absl::OkStatus();
   }
 
  private:

@@ -10,24 +10,30 @@
 
 namespace moe {
 
-// REQUIRES: MPI is initialized and outlives this object; one collective at a time per rank (no
-// MPI_THREAD_MULTIPLE needed). MPI collectives have no deadlines: a rank that never enters blocks the
-// others (Open MPI aborts the job when a rank dies). Each AllToAll first exchanges (size, tag) headers
-// so that ranks entering different collectives fail with FAILED_PRECONDITION instead of mixing data.
+// REQUIRES: MPI is initialized and outlives this object; `comm` carries no other point-to-point
+// traffic; one collective at a time per rank (no MPI_THREAD_MULTIPLE needed). MPI has no deadlines: a
+// rank that never enters blocks the others (Open MPI aborts the job when a rank dies).
+//
+// One message per peer, straight from the caller's send buffer into the caller's receive buffer (no
+// staging copies): each rank posts its sends, learns every incoming size by a matched probe
+// (MPI_Mprobe), lays out the receive buffer and receives in place. The collective's tag travels as the
+// MPI tag, so ranks entering different collectives fail with FAILED_PRECONDITION instead of mixing data.
 class MpiExchange : public Exchange {
  public:
   explicit MpiExchange(MPI_Comm comm);
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  absl::StatusOr<std::vector<std::string>> AllToAll(uint64_t tag, std::vector<std::string> send) override;
+  absl::Status AllToAllV(uint64_t tag, const ExchangeBuffer& send, ExchangeBuffer* recv) override;
 
  private:
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;
-  // Staging buffers, kept across collectives: fresh multi-megabyte buffers each time cost page faults
-  // and defeat MPI's registration caches.
-  std::vector<char> send_buf_, recv_buf_;
+  int tag_space_ = 32768;  // MPI_TAG_UB + 1; the standard guarantees at least 32768
+  // Per-collective bookkeeping, kept to spare allocations.
+  std::vector<MPI_Request> requests_;
+  std::vector<MPI_Message> messages_;
+  std::vector<size_t> recv_sizes_;
 };
 
 // The one place MPI return codes become absl::Status (INTERNAL with MPI's error string).

@@ -20,14 +20,15 @@ struct RecordLayout {
 };
 
 template <typename T>
-void Append(std::string* s, const T* v, size_t n) {
-  s->append(reinterpret_cast<const char*>(v), sizeof(T) * n);
+char* Put(char* at, const T* v, size_t n) {
+  std::memcpy(at, v, sizeof(T) * n);
+  return at + sizeof(T) * n;
 }
 
 template <typename T>
-T ReadAt(const std::string& s, size_t offset) {
+T ReadAt(const char* base, size_t offset) {
   T v;
-  std::memcpy(&v, s.data() + offset, sizeof v);
+  std::memcpy(&v, base + offset, sizeof v);
   return v;
 }
 
@@ -59,48 +60,56 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
                             2 * static_cast<uint64_t>(call.pass);
   const int32_t flags = call.pass == 0 && call.wants_repeat ? kWantsRepeatFlag : 0;
 
-  // 1. Plan: for each destination, the tokens it gets and which of their experts it runs.
-  std::vector<std::vector<int64_t>> sent_tokens(static_cast<size_t>(peers));
-  std::vector<std::string> send(static_cast<size_t>(peers));
-  for (auto& s : send) s.assign(kHeaderBytes, '\0');
+  // The experts of token t that `dest` runs, into experts/weights (unused entries -1 / 0); returns how many.
   std::vector<int32_t> experts(static_cast<size_t>(k));
   std::vector<float> weights(static_cast<size_t>(k));
+  auto experts_at = [&](int64_t t, int dest) {
+    int32_t n = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = routing.experts[t * k + j];
+      if (e == kNoExpert || shard_map_->OwnerFor(layer, e, t, me) != dest) continue;
+      experts[n] = e;
+      weights[n] = routing.weights[t * k + j];
+      ++n;
+    }
+    for (int64_t j = n; j < k; ++j) {
+      experts[j] = -1;
+      weights[j] = 0.0f;
+    }
+    return n;
+  };
+
+  // 1. Plan: for each destination, the tokens it gets; then write every record into its block.
+  sent_tokens_.resize(static_cast<size_t>(peers));
+  for (auto& tokens : sent_tokens_) tokens.clear();
   for (int64_t t = 0; t < routing.num_tokens; ++t) {
     for (int dest = 0; dest < peers; ++dest) {
-      int32_t n = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        const int32_t e = routing.experts[t * k + j];
-        if (e == kNoExpert || shard_map_->OwnerFor(layer, e, t, me) != dest) continue;
-        experts[n] = e;
-        weights[n] = routing.weights[t * k + j];
-        ++n;
-      }
-      if (n == 0) continue;
-      for (int64_t j = n; j < k; ++j) {
-        experts[j] = -1;
-        weights[j] = 0.0f;
-      }
-      std::string& s = send[dest];
-      Append(&s, &n, 1);
-      Append(&s, experts.data(), static_cast<size_t>(k));
-      Append(&s, weights.data(), static_cast<size_t>(k));
-      Append(&s, x + t * h, static_cast<size_t>(h));
-      sent_tokens[dest].push_back(t);
-      if (dest != me) traffic_.per_token[call.step_rows.empty() ? t : call.step_rows[t]] += static_cast<int64_t>(rec.bytes() + 4 * h);
+      if (experts_at(t, dest) > 0) sent_tokens_[dest].push_back(t);
     }
   }
+  block_sizes_.resize(static_cast<size_t>(peers));
+  for (int dest = 0; dest < peers; ++dest) block_sizes_[dest] = kHeaderBytes + sent_tokens_[dest].size() * rec.bytes();
+  dispatch_send_.Layout(block_sizes_);
   for (int dest = 0; dest < peers; ++dest) {
-    const int32_t count = static_cast<int32_t>(sent_tokens[dest].size());
-    std::memcpy(send[dest].data(), &count, 4);
-    std::memcpy(send[dest].data() + 4, &flags, 4);
+    const int32_t count = static_cast<int32_t>(sent_tokens_[dest].size());
+    char* at = Put(dispatch_send_.block(dest), &count, 1);
+    at = Put(at, &flags, 1);
+    for (int64_t t : sent_tokens_[dest]) {
+      const int32_t n = experts_at(t, dest);
+      at = Put(at, &n, 1);
+      at = Put(at, experts.data(), static_cast<size_t>(k));
+      at = Put(at, weights.data(), static_cast<size_t>(k));
+      at = Put(at, x + t * h, static_cast<size_t>(h));
+      if (dest != me) traffic_.per_token[call.step_rows.empty() ? t : call.step_rows[t]] += static_cast<int64_t>(rec.bytes() + 4 * h);
+    }
     if (dest != me) {
-      traffic_.per_layer[layer] += static_cast<int64_t>(send[dest].size());
-      traffic_.per_peer[dest] += static_cast<int64_t>(send[dest].size());
+      traffic_.per_layer[layer] += static_cast<int64_t>(block_sizes_[dest]);
+      traffic_.per_peer[dest] += static_cast<int64_t>(block_sizes_[dest]);
     }
   }
 
   // 2. Dispatch.
-  MOE_ASSIGN_OR_RETURN(std::vector<std::string> recv, exchange_->AllToAll(tag_base, std::move(send)));
+  MOE_RETURN_IF_ERROR(exchange_->AllToAllV(tag_base, dispatch_send_, &dispatch_recv_));
 
   // 3. Validate what arrived, then run each local expert on all the rows that need it.
   const MoeWeights& moe = weights_->layers[layer].moe;
@@ -110,13 +119,14 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
   struct Slot { int from; int32_t row; float weight; };
   std::vector<std::vector<Slot>> by_expert(static_cast<size_t>(table));
   for (int from = 0; from < peers; ++from) {
-    const std::string& m = recv[from];
-    if (m.size() < kHeaderBytes) {
+    const char* m = dispatch_recv_.block(from);
+    const size_t m_size = dispatch_recv_.block_size(from);
+    if (m_size < kHeaderBytes) {
       return absl::DataLossError(absl::StrCat("layer ", layer, ": short dispatch message from worker ", from));
     }
     counts[from] = ReadAt<int32_t>(m, 0);
     const int32_t peer_flags = ReadAt<int32_t>(m, 4);
-    if (counts[from] < 0 || m.size() != kHeaderBytes + static_cast<size_t>(counts[from]) * rec.bytes() ||
+    if (counts[from] < 0 || m_size != kHeaderBytes + static_cast<size_t>(counts[from]) * rec.bytes() ||
         (peer_flags & ~kWantsRepeatFlag) != 0 || (call.pass > 0 && peer_flags != 0)) {
       return absl::DataLossError(absl::StrCat("layer ", layer, ": malformed dispatch message from worker ", from));
     }
@@ -135,8 +145,11 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
       }
     }
   }
-  std::vector<std::vector<float>> replies(static_cast<size_t>(peers));
-  for (int from = 0; from < peers; ++from) replies[from].assign(static_cast<size_t>(counts[from]) * h, 0.0f);
+  // The combine replies are accumulated in place in the combine send buffer: float[count][H] per peer.
+  for (int from = 0; from < peers; ++from) block_sizes_[from] = static_cast<size_t>(counts[from] * h) * sizeof(float);
+  combine_send_.Layout(block_sizes_);
+  auto reply_rows = [&](int from) { return reinterpret_cast<float*>(combine_send_.block(from)); };
+  for (int from = 0; from < peers; ++from) std::memset(combine_send_.block(from), 0, block_sizes_[from]);
   for (int64_t e = 0; e < table; ++e) {
     const auto& slots = by_expert[e];
     if (slots.empty()) continue;
@@ -147,31 +160,29 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
     expert_out_.resize(gathered_.size());
     for (int64_t i = 0; i < n; ++i) {
       const size_t base = kHeaderBytes + static_cast<size_t>(slots[i].row) * rec.bytes() + 4 + 8 * static_cast<size_t>(k);
-      std::memcpy(gathered_.data() + i * h, recv[slots[i].from].data() + base, sizeof(float) * static_cast<size_t>(h));
+      std::memcpy(gathered_.data() + i * h, dispatch_recv_.block(slots[i].from) + base, sizeof(float) * static_cast<size_t>(h));
     }
     RunFfn(moe.experts[e], gathered_.data(), n, expert_out_.data(), &scratch_, pool_);
     for (int64_t i = 0; i < n; ++i) {
-      AddProduct(slots[i].weight, expert_out_.data() + i * h, replies[slots[i].from].data() + slots[i].row * h, h);
+      AddProduct(slots[i].weight, expert_out_.data() + i * h, reply_rows(slots[i].from) + slots[i].row * h, h);
     }
   }
 
   // 4. Combine: send the weighted sums back and add them up per token.
-  std::vector<std::string> back(static_cast<size_t>(peers));
   for (int to = 0; to < peers; ++to) {
-    back[to].assign(reinterpret_cast<const char*>(replies[to].data()), replies[to].size() * sizeof(float));
     if (to != me) {
-      traffic_.per_layer[layer] += static_cast<int64_t>(back[to].size());
-      traffic_.per_peer[to] += static_cast<int64_t>(back[to].size());
+      traffic_.per_layer[layer] += static_cast<int64_t>(block_sizes_[to]);
+      traffic_.per_peer[to] += static_cast<int64_t>(block_sizes_[to]);
     }
   }
-  MOE_ASSIGN_OR_RETURN(std::vector<std::string> results, exchange_->AllToAll(tag_base + 1, std::move(back)));
+  MOE_RETURN_IF_ERROR(exchange_->AllToAllV(tag_base + 1, combine_send_, &combine_recv_));
   std::memset(out, 0, sizeof(float) * static_cast<size_t>(routing.num_tokens * h));
   for (int from = 0; from < peers; ++from) {
-    const auto& tokens = sent_tokens[from];
-    if (results[from].size() != tokens.size() * static_cast<size_t>(h) * sizeof(float)) {
+    const auto& tokens = sent_tokens_[from];
+    if (combine_recv_.block_size(from) != tokens.size() * static_cast<size_t>(h) * sizeof(float)) {
       return absl::DataLossError(absl::StrCat("layer ", layer, ": malformed combine message from worker ", from));
     }
-    const float* rows = reinterpret_cast<const float*>(results[from].data());
+    const float* rows = reinterpret_cast<const float*>(combine_recv_.block(from));
     for (size_t i = 0; i < tokens.size(); ++i) Axpy(1.0f, rows + i * h, out + tokens[i] * h, h);
   }
   return any_repeat;

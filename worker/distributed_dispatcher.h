@@ -45,6 +45,10 @@ class DistributedExpertDispatcher : public ExpertDispatcher {
   uint64_t step_id_ = 0;
   StepTraffic traffic_;
   std::vector<float> gathered_, expert_out_, scratch_;
+  // Per-layer buffers, kept across layers and steps (the hot path allocates nothing once warm).
+  ExchangeBuffer dispatch_send_, dispatch_recv_, combine_send_, combine_recv_;
+  std::vector<std::vector<int64_t>> sent_tokens_;  // [destination] token indices, in record order
+  std::vector<size_t> block_sizes_;
 };
 
 }  // namespace moe

@@ -120,9 +120,11 @@ class GarbageExchange : public Exchange {
  public:
   int rank() const override { return 0; }
   int size() const override { return 2; }
-  absl::StatusOr<std::vector<std::string>> AllToAll(uint64_t, std::vector<std::string> send) override {
-    send[1] = std::string("\x05\x00\x00\x00garbage", 11);  // claims 5 records, holds 7 bytes
-    return send;
+  absl::Status AllToAllV(uint64_t, const ExchangeBuffer& send, ExchangeBuffer* recv) override {
+    std::vector<std::string> blocks = {std::string(send.block(0), send.block_size(0)),
+                                       std::string("\x05\x00\x00\x00garbage", 11)};  // claims 5 records, holds 7 bytes
+    CopyIntoBlocks(blocks, recv);
+    return absl::OkStatus();
   }
 };
 

@@ -6,6 +6,7 @@
 
 #include "absl/flags/flag.h"
 #include "common/log.h"
+#include "exchange/grpc_exchange.h"
 #include "proto/grpc_util.h"
 
 ABSL_FLAG(std::string, coordinator, "", "coordinator control-plane address");
@@ -43,7 +44,7 @@ int RunWorker(const WorkerServerOptions& options, const std::atomic<bool>& stop)
   int port = 0;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(-1);
+  ConfigureInternalServer(&builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     LogLine(absl::StrCat("cannot listen on ", options.listen));

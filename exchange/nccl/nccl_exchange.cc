@@ -48,12 +48,12 @@ absl::Status NcclExchange::EnsureCapacity(void** buffer, size_t* capacity, size_
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<std::string>> NcclExchange::AllToAll(uint64_t, std::vector<std::string> send) {
-  if (static_cast<int>(send.size()) != size_) return absl::InvalidArgumentError("AllToAll: one buffer per member");
+absl::Status NcclExchange::AllToAllV(uint64_t, const ExchangeBuffer& send, ExchangeBuffer* recv) {
+  MOE_RETURN_IF_ERROR(CheckBlockCount(send, size_));
   MOE_RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device_), "cudaSetDevice"));
   // 1. Sizes: one uint64 to and from every peer.
   std::vector<uint64_t> sizes_out(static_cast<size_t>(size_)), sizes_in(static_cast<size_t>(size_));
-  for (int i = 0; i < size_; ++i) sizes_out[i] = send[i].size();
+  for (int i = 0; i < size_; ++i) sizes_out[i] = send.block_size(i);
   const size_t header = sizeof(uint64_t) * static_cast<size_t>(size_);
   MOE_RETURN_IF_ERROR(EnsureCapacity(&send_dev_, &send_capacity_, header));
   MOE_RETURN_IF_ERROR(EnsureCapacity(&recv_dev_, &recv_capacity_, header));
@@ -67,34 +67,26 @@ absl::StatusOr<std::vector<std::string>> NcclExchange::AllToAll(uint64_t, std::v
   MOE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(sizes_in.data(), recv_dev_, header, cudaMemcpyDeviceToHost, stream_), "copy sizes back"));
   MOE_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"));
 
-  // 2. Payloads, packed back to back on each side.
-  std::vector<size_t> send_off(static_cast<size_t>(size_) + 1, 0), recv_off(static_cast<size_t>(size_) + 1, 0);
-  for (int p = 0; p < size_; ++p) {
-    send_off[p + 1] = send_off[p] + sizes_out[p];
-    recv_off[p + 1] = recv_off[p] + sizes_in[p];
-  }
-  MOE_RETURN_IF_ERROR(EnsureCapacity(&send_dev_, &send_capacity_, std::max<size_t>(send_off.back(), 1)));
-  MOE_RETURN_IF_ERROR(EnsureCapacity(&recv_dev_, &recv_capacity_, std::max<size_t>(recv_off.back(), 1)));
-  for (int p = 0; p < size_; ++p) {
-    if (sizes_out[p] == 0) continue;
-    MOE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(static_cast<char*>(send_dev_) + send_off[p], send[p].data(),
-                                                   sizes_out[p], cudaMemcpyHostToDevice, stream_), "copy payload"));
+  // 2. Payloads, contiguous on both sides: one copy up, one group of sends and receives, one copy down.
+  std::vector<size_t> recv_sizes(sizes_in.begin(), sizes_in.end());
+  recv->Layout(recv_sizes);
+  MOE_RETURN_IF_ERROR(EnsureCapacity(&send_dev_, &send_capacity_, std::max<size_t>(send.total_bytes(), 1)));
+  MOE_RETURN_IF_ERROR(EnsureCapacity(&recv_dev_, &recv_capacity_, std::max<size_t>(recv->total_bytes(), 1)));
+  if (send.total_bytes() > 0) {
+    MOE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(send_dev_, send.block(0), send.total_bytes(), cudaMemcpyHostToDevice,
+                                                   stream_), "copy payloads"));
   }
   MOE_RETURN_IF_ERROR(NcclStatus(ncclGroupStart(), "ncclGroupStart"));
   for (int p = 0; p < size_; ++p) {
-    if (sizes_out[p] > 0) ncclSend(static_cast<char*>(send_dev_) + send_off[p], sizes_out[p], ncclChar, p, comm_, stream_);
-    if (sizes_in[p] > 0) ncclRecv(static_cast<char*>(recv_dev_) + recv_off[p], sizes_in[p], ncclChar, p, comm_, stream_);
+    if (sizes_out[p] > 0) ncclSend(static_cast<char*>(send_dev_) + send.offset(p), sizes_out[p], ncclChar, p, comm_, stream_);
+    if (sizes_in[p] > 0) ncclRecv(static_cast<char*>(recv_dev_) + recv->offset(p), sizes_in[p], ncclChar, p, comm_, stream_);
   }
   MOE_RETURN_IF_ERROR(NcclStatus(ncclGroupEnd(), "ncclGroupEnd (payloads)"));
-  std::vector<std::string> recv(static_cast<size_t>(size_));
-  for (int p = 0; p < size_; ++p) recv[p].resize(sizes_in[p]);
-  for (int p = 0; p < size_; ++p) {
-    if (sizes_in[p] == 0) continue;
-    MOE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(recv[p].data(), static_cast<char*>(recv_dev_) + recv_off[p], sizes_in[p],
-                                                   cudaMemcpyDeviceToHost, stream_), "copy payload back"));
+  if (recv->total_bytes() > 0) {
+    MOE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(recv->block(0), recv_dev_, recv->total_bytes(), cudaMemcpyDeviceToHost,
+                                                   stream_), "copy payloads back"));
   }
-  MOE_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"));
-  return recv;
+  return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
 }
 
 }  // namespace moe

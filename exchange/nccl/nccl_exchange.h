@@ -27,9 +27,10 @@ class NcclExchange : public Exchange {
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  // Host buffers in and out (staged through device memory); first the sizes, then the payloads, each
-  // as one NCCL group. `tag` only documents the call order: NCCL orders collectives by issue order.
-  absl::StatusOr<std::vector<std::string>> AllToAll(uint64_t tag, std::vector<std::string> send) override;
+  // Host buffers in and out, staged through device memory with one copy each way (the blocks are
+  // contiguous); first the sizes, then the payloads, each as one NCCL group. `tag` only documents the
+  // call order: NCCL orders collectives by issue order.
+  absl::Status AllToAllV(uint64_t tag, const ExchangeBuffer& send, ExchangeBuffer* recv) override;
 
  private:
   NcclExchange() = default;
