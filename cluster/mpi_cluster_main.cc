@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
     std::cout << "worker pid " << getpid() << std::endl;  // as run-local prints it (fault tests)
     options.requested_slot = rank - 1;
     if (exchange == "mpi") {
-      options.make_exchange = [workers](int map_rank, const moe::ShardMap& map)
+      options.make_exchange = [workers](int map_rank, const moe::ShardMap& map, const std::string& /*communicator_id*/)
           -> absl::StatusOr<std::shared_ptr<moe::Exchange>> {
         auto mpi = std::make_shared<moe::MpiExchange>(workers);
         if (map.num_workers != mpi->size() || map_rank != mpi->rank()) {

@@ -241,6 +241,10 @@ absl::Status Coordinator::Reconfigure() {
         ref->set_path(r.path);
       }
     }
+    std::string communicator_id;
+    if (options_.make_communicator_id) {
+      MOE_ASSIGN_OR_RETURN(communicator_id, options_.make_communicator_id());
+    }
     std::vector<grpc::Status> status(stubs.size());
     std::vector<std::thread> threads;
     for (size_t rank = 0; rank < stubs.size(); ++rank) {
@@ -252,6 +256,7 @@ absl::Status Coordinator::Reconfigure() {
         *req.mutable_shard_map() = proto;
         *req.mutable_expert_maps() = map_refs;
         *req.mutable_layer_routers() = router_refs;
+        req.set_communicator_id(communicator_id);
         v1::LoadShardResponse resp;
         status[rank] = stubs[rank]->LoadShard(&ctx, req, &resp);
       });

@@ -47,6 +47,9 @@ struct CoordinatorOptions {
   // The workers' data plane cannot change members (MPI): a dead worker ends the service, and every
   // open and later request gets UNAVAILABLE at once instead of waiting for a re-placement.
   bool fixed_membership = false;
+  // The workers' data plane needs a communicator made for each membership (NCCL): called once per
+  // epoch, and the id goes to every worker in that epoch's LoadShard. Unset: none (gRPC, MPI).
+  std::function<absl::StatusOr<std::string>()> make_communicator_id;
   PlacementOptions placement;
   std::vector<std::vector<double>> expert_load;  // measured load for placement; empty = uniform
 };

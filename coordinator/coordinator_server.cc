@@ -10,11 +10,13 @@
 #include "common/log.h"
 #include "coordinator/inference_service.h"
 #include "coordinator/router_admin_service.h"
+#include "worker/data_plane.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "proto/grpc_util.h"
 
 ABSL_DECLARE_FLAG(std::string, model);  // defined by the worker library (every process has one model)
+ABSL_DECLARE_FLAG(std::string, data_plane);  // the same choice as the workers' (worker library)
 ABSL_FLAG(std::string, host, "127.0.0.1", "address the coordinator serves on");
 ABSL_FLAG(int32_t, port, 0, "gRPC port (0 picks one)");
 ABSL_FLAG(int32_t, metrics_port, 0, "Prometheus metrics port (0 picks one, -1 disables)");
@@ -53,6 +55,7 @@ CoordinatorServerOptions CoordinatorServerOptionsFromFlags() {
   o.expert_load_file = absl::GetFlag(FLAGS_expert_load);
   o.expert_maps = absl::GetFlag(FLAGS_expert_maps);
   o.layer_routers = absl::GetFlag(FLAGS_layer_routers);
+  o.data_plane = absl::GetFlag(FLAGS_data_plane);
   return o;
 }
 
@@ -67,6 +70,8 @@ int RunCoordinator(const CoordinatorServerOptions& server_options, const std::at
                    const std::function<void(const std::string&)>& on_control_plane) {
   CoordinatorOptions options = server_options.coordinator;
   if (options.model_dir.empty()) return Fail("--model is required");
+  if (absl::Status s = CheckDataPlane(server_options.data_plane); !s.ok()) return Fail(std::string(s.message()));
+  if (!options.make_communicator_id) options.make_communicator_id = CommunicatorIdFactory(server_options.data_plane);
   if (!server_options.expert_load_file.empty()) {
     auto config = ModelConfig::FromFile(options.model_dir + "/config.json");
     if (!config.ok()) return Fail(config.status().ToString());

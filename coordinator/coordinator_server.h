@@ -24,11 +24,13 @@ struct CoordinatorServerOptions {
   std::string expert_load_file;  // measured load for placement (moe-eval --json output or a load table)
   std::vector<std::string> expert_maps;  // task expert map directories loaded once the workers are up
   std::vector<std::string> layer_routers;  // layer router directories loaded once the workers are up
+  std::string data_plane = "grpc";  // worker/data_plane.h: nccl makes a communicator id per epoch
 };
 
 // From the command-line flags (defined by this library): --model, --host, --port, --metrics-port,
 // --workers, --startup-timeout-ms, --max-queued, --max-running, --max-batch-tokens,
-// --heartbeat-timeout-ms, --replicate-above, --expert-load, --expert-maps, --layer-routers.
+// --heartbeat-timeout-ms, --replicate-above, --expert-load, --expert-maps, --layer-routers, and the
+// worker library's --data-plane.
 CoordinatorServerOptions CoordinatorServerOptionsFromFlags();
 
 // Runs until `stop`; returns the process exit code. `on_control_plane` (optional) is called with the

@@ -4,6 +4,8 @@
 
 #include <filesystem>
 #include <functional>
+#include <future>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -20,6 +22,11 @@
 #include "moe/v1/inference.grpc.pb.h"
 #include "proto/grpc_util.h"
 #include "cluster/local_cluster.h"
+#include "coordinator/coordinator_server.h"
+#include "exchange/in_process_exchange.h"
+#include "worker/data_plane.h"
+#include "worker/worker_server.h"
+#include "absl/cleanup/cleanup.h"
 #include "eval/cluster_backend.h"
 #include "eval/engine_backend.h"
 #include "router/expert_map.h"
@@ -765,6 +772,112 @@ TEST(ClusterRouterTest, LayerRoutersDecidePathsPerRequestAndAreManagedWithoutARe
   EXPECT_DOUBLE_EQ(r.usage().layers_per_token(), 3.0);
   EXPECT_THAT(cluster->Stop(), IsOk());
   std::filesystem::remove_all(dir);
+}
+
+
+// The communicator seam of the NCCL data plane, exercised without a GPU: the coordinator makes one id
+// per epoch (the real ncclGetUniqueId where NCCL is built, as in CI) and hands the same bytes to every
+// worker of that epoch; a membership change makes a new one. The workers (in this process) build an
+// in-process exchange per epoch where NCCL would join the communicator, so the cluster still serves.
+TEST(ClusterDataPlaneTest, TheCoordinatorHandsEveryWorkerOneFreshCommunicatorIdPerEpoch) {
+  struct Handed { int rank; std::string id; };
+  absl::Mutex mutex;
+  std::map<uint64_t, std::vector<Handed>> handed;  // by epoch
+  std::map<uint64_t, std::shared_ptr<InProcessExchangeGroup>> groups;
+  auto factory = [&](int rank, const ShardMap& map, const std::string& id) -> absl::StatusOr<std::shared_ptr<Exchange>> {
+    absl::MutexLock lock(&mutex);
+    handed[map.epoch].push_back({rank, id});
+    auto& group = groups[map.epoch];
+    if (group == nullptr) group = std::make_shared<InProcessExchangeGroup>(map.num_workers);
+    return std::shared_ptr<Exchange>(group, group->Member(rank));
+  };
+  CoordinatorServerOptions co;
+  co.coordinator.model_dir = ModelDir();
+  co.coordinator.num_workers = 2;
+  co.metrics_port = -1;
+  int counter = 0;
+  if (NcclDataPlaneBuilt()) {
+    co.data_plane = "nccl";  // the product's own id factory
+  } else {
+    co.coordinator.make_communicator_id = [&counter]() -> absl::StatusOr<std::string> {
+      return absl::StrCat("communicator-", ++counter);
+    };
+  }
+  std::atomic<bool> stop_coordinator{false};
+  std::promise<std::string> control_plane;
+  std::thread coordinator([&] {
+    RunCoordinator(co, stop_coordinator, [&](const std::string& a) { control_plane.set_value(a); });
+  });
+  auto address = control_plane.get_future();
+  ASSERT_EQ(address.wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  const std::string cluster = address.get();
+  WorkerServerOptions wo;
+  wo.coordinator = cluster;
+  wo.model_dir = ModelDir();
+  wo.make_exchange = factory;
+  std::atomic<bool> stop_worker[2] = {false, false};
+  std::vector<std::thread> workers;
+  for (int i = 0; i < 2; ++i) workers.emplace_back([&, i] { RunWorker(wo, stop_worker[i]); });
+  auto stop_all = absl::MakeCleanup([&] {
+    stop_worker[0] = stop_worker[1] = true;
+    for (auto& w : workers) if (w.joinable()) w.join();
+    stop_coordinator = true;
+    coordinator.join();
+  });
+
+  // Waits (bounded) until `done` holds for what was handed out.
+  auto wait_for = [&](const std::function<bool()>& done) {
+    absl::MutexLock lock(&mutex);
+    return mutex.AwaitWithTimeout(absl::Condition(&done, &std::function<bool()>::operator()), absl::Seconds(60));
+  };
+  uint64_t first = 0;
+  ASSERT_TRUE(wait_for([&] {
+    for (const auto& [epoch, h] : handed) {
+      if (h.size() == 2) first = epoch;
+    }
+    return first != 0;
+  }));
+  std::string first_id;
+  {
+    absl::MutexLock lock(&mutex);
+    const auto& h = handed[first];
+    EXPECT_EQ(h[0].id, h[1].id) << "every worker of an epoch joins the same communicator";
+    EXPECT_FALSE(h[0].id.empty());
+    if (NcclDataPlaneBuilt()) EXPECT_EQ(h[0].id.size(), 128u) << "an ncclUniqueId";
+    first_id = h[0].id;
+  }
+  // The cluster serves through the data plane built from those ids, once it reports SERVING.
+  {
+    auto health = grpc::health::v1::Health::NewStub(grpc::CreateChannel(cluster, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext watch_ctx;
+    watch_ctx.set_deadline(DeadlineAfter(std::chrono::seconds(60)));
+    auto watch = health->Watch(&watch_ctx, grpc::health::v1::HealthCheckRequest());
+    grpc::health::v1::HealthCheckResponse state;
+    bool serving = false;
+    while (!serving && watch->Read(&state)) serving = state.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    watch_ctx.TryCancel();
+    watch->Finish();
+    ASSERT_TRUE(serving);
+  }
+  auto stub = v1::Inference::NewStub(grpc::CreateChannel(cluster, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineAfter(kCallDeadline));
+  v1::GenerateRequest request = Request(Prompt(3), 6);
+  request.set_ignore_eos(true);
+  v1::GenerateResponse response;
+  const grpc::Status served = stub->Complete(&ctx, request, &response);
+  ASSERT_TRUE(served.ok()) << served.error_message();
+  EXPECT_EQ(response.token_ids_size(), 6);
+
+  // Worker 1 leaves: the survivor is given a new epoch, and with it a new communicator.
+  stop_worker[1] = true;
+  workers[1].join();
+  ASSERT_TRUE(wait_for([&] {
+    for (const auto& [epoch, h] : handed) {
+      if (epoch > first && !h.empty() && h[0].id != first_id) return true;
+    }
+    return false;
+  })) << "no new communicator id after the membership change";
 }
 
 }  // namespace

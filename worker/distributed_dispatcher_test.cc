@@ -10,6 +10,7 @@
 #include "engine/model.h"
 #include "exchange/exchange_test_groups.h"
 #include "gtest/gtest.h"
+#include "worker/data_plane.h"
 
 namespace moe {
 namespace {
@@ -141,6 +142,24 @@ TEST(DistributedDispatcherTest, AGarbagePeerMessageIsAnErrorNotACrash) {
   ForwardInput in{cache.get(), prompt};
   dispatcher.BeginStep(1, 3);
   EXPECT_THAT(model.Forward({&in, 1}), StatusIs(absl::StatusCode::kDataLoss, "malformed dispatch message from worker 1"));
+}
+
+
+TEST(DataPlaneTest, ChoicesAreCheckedAndTheNcclFactoryRefusesAMapWithoutAValidCommunicatorId) {
+  EXPECT_THAT(CheckDataPlane("grpc"), IsOk());
+  EXPECT_THAT(CheckDataPlane("tcp"), StatusIs(absl::StatusCode::kInvalidArgument, "grpc or nccl"));
+  EXPECT_FALSE(ExchangeFactoryFor("grpc", 0)) << "gRPC is the worker's built-in default";
+  if (!NcclDataPlaneBuilt()) {
+    EXPECT_THAT(CheckDataPlane("nccl"), StatusIs(absl::StatusCode::kInvalidArgument, "no NCCL backend"));
+    GTEST_SKIP() << "this build has no NCCL backend";
+  }
+  EXPECT_THAT(CheckDataPlane("nccl"), IsOk());
+  auto factory = ExchangeFactoryFor("nccl", 0);
+  ASSERT_TRUE(factory);
+  ShardMap map;
+  map.num_workers = 2;
+  EXPECT_THAT(factory(0, map, "").status(), StatusIs(absl::StatusCode::kFailedPrecondition, "without a communicator id"));
+  EXPECT_THAT(factory(0, map, "short").status(), StatusIs(absl::StatusCode::kInvalidArgument, "128 bytes"));
 }
 
 }  // namespace

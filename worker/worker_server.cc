@@ -7,6 +7,7 @@
 #include "absl/flags/flag.h"
 #include "common/log.h"
 #include "exchange/grpc_exchange.h"
+#include "worker/data_plane.h"
 #include "proto/grpc_util.h"
 
 ABSL_FLAG(std::string, coordinator, "", "coordinator control-plane address");
@@ -18,6 +19,10 @@ ABSL_FLAG(int32_t, threads, 1, "compute threads per worker");
 ABSL_FLAG(int32_t, heartbeat_ms, 300, "heartbeat period");
 ABSL_FLAG(int32_t, orphan_timeout_ms, 5000, "a worker exits when the coordinator is unreachable this long");
 ABSL_FLAG(int32_t, exchange_timeout_ms, 10000, "deadline of one all-to-all");
+ABSL_FLAG(std::string, data_plane, "grpc",
+          "the workers' all-to-all data plane: grpc, or nccl (builds with CUDA + NCCL; give the coordinator and "
+          "every worker the same choice)");
+ABSL_FLAG(int32_t, cuda_device, -1, "nccl data plane: the CUDA device of this worker (-1: worker rank % devices)");
 
 namespace moe {
 
@@ -31,12 +36,18 @@ WorkerServerOptions WorkerServerOptionsFromFlags() {
   o.heartbeat_period = std::chrono::milliseconds(absl::GetFlag(FLAGS_heartbeat_ms));
   o.orphan_timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_orphan_timeout_ms));
   o.exchange_timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_exchange_timeout_ms));
+  o.data_plane = absl::GetFlag(FLAGS_data_plane);
+  o.make_exchange = ExchangeFactoryFor(o.data_plane, absl::GetFlag(FLAGS_cuda_device));
   return o;
 }
 
 int RunWorker(const WorkerServerOptions& options, const std::atomic<bool>& stop) {
   if (options.coordinator.empty() || options.model_dir.empty()) {
     LogLine("--coordinator and --model are required");
+    return 1;
+  }
+  if (absl::Status s = CheckDataPlane(options.data_plane); !s.ok()) {
+    LogLine(std::string(s.message()));
     return 1;
   }
   WorkerService service({options.model_dir, options.threads, options.exchange_timeout, options.make_exchange});

@@ -22,11 +22,13 @@ struct WorkerServerOptions {
   std::chrono::milliseconds orphan_timeout{5000};
   std::chrono::milliseconds exchange_timeout{10000};
   int requested_slot = -1;  // >= 0: ask for this worker id (MPI: the rank in the data plane)
+  std::string data_plane = "grpc";  // worker/data_plane.h
   WorkerService::ExchangeFactory make_exchange;  // unset: gRPC data plane
 };
 
 // From the command-line flags --coordinator, --model, --listen, --advertise-host, --threads,
-// --heartbeat-ms, --orphan-timeout-ms, --exchange-timeout-ms (defined by this library).
+// --heartbeat-ms, --orphan-timeout-ms, --exchange-timeout-ms, --data-plane, --cuda-device (defined by
+// this library).
 WorkerServerOptions WorkerServerOptionsFromFlags();
 
 // Runs until `stop` or the coordinator is lost; returns the process exit code (0: stopped cleanly).

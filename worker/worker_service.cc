@@ -138,7 +138,7 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
   }
   std::shared_ptr<GrpcExchange> grpc_exchange;
   if (options_.make_exchange) {
-    auto exchange = options_.make_exchange(me, shard->map);
+    auto exchange = options_.make_exchange(me, shard->map, request->communicator_id());
     if (!exchange.ok()) return ToGrpcStatus(exchange.status());
     shard->exchange = std::move(*exchange);
   } else {

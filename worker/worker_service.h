@@ -31,10 +31,12 @@ void ShardMapToProto(const ShardMap& m, v1::ShardMapProto* p);
 
 class WorkerService final : public v1::Worker::Service {
  public:
-  // Builds the data plane for one shard map, given this worker's rank in it. Unset: gRPC among the
-  // map's worker addresses (membership may change freely). An MPI data plane has fixed membership and
-  // refuses (FAILED_PRECONDITION) a map that does not match its communicator.
-  using ExchangeFactory = std::function<absl::StatusOr<std::shared_ptr<moe::Exchange>>(int rank, const ShardMap& map)>;
+  // Builds the data plane for one shard map, given this worker's rank in it and the communicator id the
+  // coordinator handed out for the map's epoch (empty when the data plane needs none). Unset: gRPC
+  // among the map's worker addresses (membership may change freely). An MPI data plane has fixed
+  // membership and refuses (FAILED_PRECONDITION) a map that does not match its communicator.
+  using ExchangeFactory = std::function<absl::StatusOr<std::shared_ptr<moe::Exchange>>(
+      int rank, const ShardMap& map, const std::string& communicator_id)>;
   struct Options {
     std::string model_dir;
     int threads = 0;

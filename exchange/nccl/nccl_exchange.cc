@@ -1,5 +1,7 @@
 #include "exchange/nccl/nccl_exchange.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -13,6 +15,23 @@ absl::Status NcclStatus(ncclResult_t r, const char* what) {
 absl::Status CudaStatus(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return absl::OkStatus();
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+}
+
+absl::StatusOr<std::string> NewNcclCommunicatorId() {
+  ncclUniqueId id;
+  MOE_RETURN_IF_ERROR(NcclStatus(ncclGetUniqueId(&id), "ncclGetUniqueId"));
+  return std::string(id.internal, sizeof(id.internal));
+}
+
+absl::StatusOr<std::unique_ptr<NcclExchange>> NcclExchange::Create(const std::string& id, int rank, int size,
+                                                                   int device) {
+  ncclUniqueId unique;
+  if (id.size() != sizeof(unique.internal)) {
+    return absl::InvalidArgumentError(absl::StrCat("NCCL communicator id must be ", sizeof(unique.internal),
+                                                   " bytes (from the coordinator), got ", id.size()));
+  }
+  std::memcpy(unique.internal, id.data(), id.size());
+  return Create(unique, rank, size, device);
 }
 
 absl::StatusOr<std::unique_ptr<NcclExchange>> NcclExchange::Create(const ncclUniqueId& id, int rank, int size,
