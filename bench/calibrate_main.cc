@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "bench/calibration.h"
 #include "common/flags.h"
+#include "common/memory.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory whose shapes are measured");
 ABSL_FLAG(std::string, out, "build/calibration", "directory for calibration.json and this-machine-<N>w.json");
@@ -33,6 +34,7 @@ bool Write(const std::filesystem::path& path, const nlohmann::json& json) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::KeepLargeBuffersInTheHeap();  // as the workers whose exchange it measures
   moe::ParseFlags(argc, argv);
   moe::bench::CalibrationOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);

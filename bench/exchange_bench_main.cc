@@ -70,9 +70,11 @@ int main(int argc, char** argv) {
   MPI_Barrier(MPI_COMM_WORLD);
 
   const double memcpy_gbs = rank == 0 ? moe::bench::MeasureMemcpyBandwidthGBs() : 0;
+  const double tcp_gbs = rank == 0 ? moe::bench::MeasureLoopbackTcpGBs() : 0;
   if (rank == 0) {
-    std::cout << absl::StrFormat("%d ranks, hidden %d, median of %d collectives; memcpy %.1f GB/s (1 thread, measured now)\n",
-                                 size, hidden, iters, memcpy_gbs)
+    std::cout << absl::StrFormat("%d ranks, hidden %d, median of %d collectives; measured now: memcpy %.1f GB/s "
+                                 "(1 thread), one loopback TCP stream %.2f GB/s\n",
+                                 size, hidden, iters, memcpy_gbs, tcp_gbs)
               << "| dtype | tokens/rank | bytes/peer | MPI_Alltoallv us | MPI backend us | gRPC backend us | "
                  "MPI_Alltoallv GB/s | MPI backend GB/s | gRPC backend GB/s | MPI backend / plain | gRPC / plain |\n"
                  "|---|---|---|---|---|---|---|---|---|---|---|\n";

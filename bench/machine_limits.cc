@@ -1,11 +1,16 @@
 #include "bench/machine_limits.h"
 
+#include <arpa/inet.h>
 #include <immintrin.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -113,6 +118,57 @@ double MeasureMemcpyBandwidthGBs(int repeats) {
     runs.push_back(static_cast<double>(bytes) / s / 1e9);
   }
   return Median(runs) + 0 * b[bytes / 2];
+}
+
+double MeasureLoopbackTcpGBs(int repeats) {
+  const int listener = socket(AF_INET, SOCK_STREAM, 0);
+  if (listener < 0) return 0;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(listener, 1) != 0 ||
+      getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    close(listener);
+    return 0;
+  }
+  const int sender = socket(AF_INET, SOCK_STREAM, 0);
+  if (sender < 0 || connect(sender, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(listener);
+    if (sender >= 0) close(sender);
+    return 0;
+  }
+  const int receiver = accept(listener, nullptr, nullptr);
+  close(listener);
+  if (receiver < 0) {
+    close(sender);
+    return 0;
+  }
+  constexpr size_t kChunk = size_t{1} << 20, kTotal = size_t{64} << 20;
+  std::vector<double> runs;
+  std::vector<char> out(kChunk, 1), in(kChunk);
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = Clock::now();
+    std::thread writer([&] {
+      for (size_t sent = 0; sent < kTotal;) {
+        const ssize_t n = write(sender, out.data(), std::min(kChunk, kTotal - sent));
+        if (n <= 0) return;
+        sent += static_cast<size_t>(n);
+      }
+    });
+    size_t got = 0;
+    while (got < kTotal) {
+      const ssize_t n = read(receiver, in.data(), kChunk);
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    writer.join();
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (got == kTotal) runs.push_back(static_cast<double>(kTotal) / s / 1e9);
+  }
+  close(sender);
+  close(receiver);
+  return runs.empty() ? 0 : Median(runs);
 }
 
 }  // namespace moe::bench

@@ -17,6 +17,11 @@ double MeasureReadBandwidthGBs(ThreadPool& pool, int repeats = 5);
 // memcpy bandwidth (GB/s, bytes copied per second), single thread; median.
 double MeasureMemcpyBandwidthGBs(int repeats = 5);
 
+// One TCP stream over loopback (GB/s): a thread writes 64 MB in 1 MB writes into a socket read by the
+// caller into a reused buffer; median. The ceiling of any TCP data plane (gRPC) on this machine.
+// Returns 0 if loopback sockets cannot be set up.
+double MeasureLoopbackTcpGBs(int repeats = 5);
+
 }  // namespace moe::bench
 
 #endif  // MOE_BENCH_MACHINE_LIMITS_H_

@@ -9,6 +9,14 @@ namespace moe {
 
 bool NcclDataPlaneBuilt() { return MOE_HAVE_NCCL != 0; }
 
+int CudaDeviceCount() {
+  int devices = 0;
+#if MOE_HAVE_NCCL
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
+#endif
+  return devices;
+}
+
 absl::Status CheckDataPlane(const std::string& data_plane) {
   if (data_plane == "grpc") return absl::OkStatus();
   if (data_plane == "nccl") {
@@ -36,15 +44,16 @@ WorkerService::ExchangeFactory ExchangeFactoryFor(const std::string& data_plane,
             "this worker runs the NCCL data plane, but the shard map came without a communicator id: start the "
             "coordinator with the same --data-plane");
       }
-      int device = cuda_device;
-      if (device < 0) {
-        int devices = 0;
-        if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-          return absl::UnavailableError("NCCL data plane: no CUDA device");
-        }
-        device = rank % devices;
+      auto id = ParseNcclCommunicatorId(communicator_id);
+      if (!id.ok()) return id.status();
+      // A worker without a GPU refuses the map (FAILED_PRECONDITION): the coordinator reports it instead
+      // of counting the worker as dead and trying again.
+      const int devices = CudaDeviceCount();
+      if (devices == 0) {
+        return absl::FailedPreconditionError("the NCCL data plane needs a CUDA device, and this worker has none");
       }
-      auto exchange = NcclExchange::Create(communicator_id, rank, map.num_workers, device);
+      const int device = cuda_device >= 0 ? cuda_device : rank % devices;
+      auto exchange = NcclExchange::Create(*id, rank, map.num_workers, device);
       if (!exchange.ok()) return exchange.status();
       return std::shared_ptr<Exchange>(std::move(*exchange));
     };

@@ -14,6 +14,8 @@ namespace moe {
 
 // True when this build has the NCCL backend.
 bool NcclDataPlaneBuilt();
+// CUDA devices this process sees (0 in builds without NCCL).
+int CudaDeviceCount();
 
 // OK for a name this build can run; INVALID_ARGUMENT naming the choices otherwise.
 absl::Status CheckDataPlane(const std::string& data_plane);

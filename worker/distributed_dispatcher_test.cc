@@ -160,6 +160,10 @@ TEST(DataPlaneTest, ChoicesAreCheckedAndTheNcclFactoryRefusesAMapWithoutAValidCo
   map.num_workers = 2;
   EXPECT_THAT(factory(0, map, "").status(), StatusIs(absl::StatusCode::kFailedPrecondition, "without a communicator id"));
   EXPECT_THAT(factory(0, map, "short").status(), StatusIs(absl::StatusCode::kInvalidArgument, "128 bytes"));
+  if (CudaDeviceCount() == 0) {
+    EXPECT_THAT(factory(0, map, std::string(128, 'x')).status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "needs a CUDA device"));
+  }
 }
 
 }  // namespace

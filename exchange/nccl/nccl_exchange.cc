@@ -23,15 +23,14 @@ absl::StatusOr<std::string> NewNcclCommunicatorId() {
   return std::string(id.internal, sizeof(id.internal));
 }
 
-absl::StatusOr<std::unique_ptr<NcclExchange>> NcclExchange::Create(const std::string& id, int rank, int size,
-                                                                   int device) {
-  ncclUniqueId unique;
-  if (id.size() != sizeof(unique.internal)) {
-    return absl::InvalidArgumentError(absl::StrCat("NCCL communicator id must be ", sizeof(unique.internal),
-                                                   " bytes (from the coordinator), got ", id.size()));
+absl::StatusOr<ncclUniqueId> ParseNcclCommunicatorId(const std::string& bytes) {
+  ncclUniqueId id;
+  if (bytes.size() != sizeof(id.internal)) {
+    return absl::InvalidArgumentError(absl::StrCat("NCCL communicator id must be ", sizeof(id.internal),
+                                                   " bytes (from the coordinator), got ", bytes.size()));
   }
-  std::memcpy(unique.internal, id.data(), id.size());
-  return Create(unique, rank, size, device);
+  std::memcpy(id.internal, bytes.data(), bytes.size());
+  return id;
 }
 
 absl::StatusOr<std::unique_ptr<NcclExchange>> NcclExchange::Create(const ncclUniqueId& id, int rank, int size,

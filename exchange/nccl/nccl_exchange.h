@@ -21,12 +21,11 @@ absl::Status CudaStatus(cudaError_t e, const char* what);
 // A fresh communicator id (ncclGetUniqueId; no GPU needed): 128 bytes to hand to every member. The
 // calling process hosts NCCL's bootstrap root for it until the members have joined.
 absl::StatusOr<std::string> NewNcclCommunicatorId();
+// The id back from those bytes; INVALID_ARGUMENT if they are not one (wrong length).
+absl::StatusOr<ncclUniqueId> ParseNcclCommunicatorId(const std::string& bytes);
 
 class NcclExchange : public Exchange {
  public:
-  // Joins the communicator whose id `id` came from NewNcclCommunicatorId; INVALID_ARGUMENT if it is
-  // not one (wrong length).
-  static absl::StatusOr<std::unique_ptr<NcclExchange>> Create(const std::string& id, int rank, int size, int device);
   // Joins the communicator `id` as `rank` of `size` on CUDA device `device`. UNAVAILABLE when there is
   // no usable GPU; INTERNAL with NCCL's message otherwise.
   static absl::StatusOr<std::unique_ptr<NcclExchange>> Create(const ncclUniqueId& id, int rank, int size, int device);
