@@ -159,6 +159,30 @@ TEST(GrpcExchangeTest, RefusesMessagesFromAnotherEpochOrANonMember) {
   EXPECT_EQ(group.grpc_member(0)->Deliver(m).error_code(), grpc::StatusCode::ALREADY_EXISTS);
 }
 
+TEST(GrpcExchangeTest, GarbageOrTruncatedBytesAreRefusedNotStored) {
+  GrpcGroup group(2, std::chrono::milliseconds(300));
+  auto deliver = [&](const std::string& bytes) {
+    grpc::Slice slice(bytes.data(), bytes.size());
+    return group.grpc_member(0)->Deliver(grpc::ByteBuffer(&slice, 1));
+  };
+  EXPECT_EQ(deliver("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // A header that promises 1000 payload bytes and carries 3.
+  EXPECT_EQ(deliver(EncodeExchangeHeader(7, 1, 1, 1000) + "abc").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  std::mt19937 rng(5);
+  for (int i = 0; i < 2000; ++i) {  // random bytes: refused or stored, never a crash
+    std::string junk(rng() % 64, '\0');
+    for (char& c : junk) c = static_cast<char>(rng());
+    deliver(junk);
+  }
+  // The collective then still works, with a real message from member 1.
+  EXPECT_TRUE(deliver(EncodeExchangeHeader(7, 99, 1, 2) + "ok").ok());
+  std::thread peer([&] { (void)group.grpc_member(1)->AllToAll(99, {"ok", ""}); });
+  auto got = group.grpc_member(0)->AllToAll(99, {"", ""});
+  peer.join();
+  ASSERT_THAT(got, IsOk());
+  EXPECT_EQ((*got)[1], "ok");
+}
+
 TEST(GrpcExchangeTest, AbortEndsACollectiveWaitingForADeadPeerAtOnce) {
   // Member 1 never enters (it "died"); member 0 would wait a minute for it. A new shard map aborts
   // member 0's exchange: the collective returns the abort status well before its deadline.

@@ -1,5 +1,6 @@
 #include "exchange/grpc_exchange.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -7,6 +8,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/status.h"
 #include "google/protobuf/io/coded_stream.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "proto/grpc_util.h"
@@ -111,7 +113,7 @@ absl::Status GrpcExchange::AllToAllV(uint64_t tag, const ExchangeBuffer& send, E
   }
   // Receive while the sends are in flight; then make sure every send landed.
   absl::Status receive_status;
-  arrived_.resize(static_cast<size_t>(size()));
+  arrived_.assign(static_cast<size_t>(size()), Received());
   for (int i = 1; i < size() && receive_status.ok(); ++i) {
     const int from = (rank_ - i + size()) % size();
     auto msg = inbox_.Take(tag, from, timeout_);
@@ -128,32 +130,95 @@ absl::Status GrpcExchange::AllToAllV(uint64_t tag, const ExchangeBuffer& send, E
   }
   MOE_RETURN_IF_ERROR(receive_status);
   recv_sizes_.resize(static_cast<size_t>(size()));
-  for (int p = 0; p < size(); ++p) recv_sizes_[p] = p == rank_ ? send.block_size(p) : arrived_[p].size();
+  for (int p = 0; p < size(); ++p) recv_sizes_[p] = p == rank_ ? send.block_size(p) : arrived_[p].size;
   recv->Layout(recv_sizes_);
   std::memcpy(recv->block(rank_), send.block(rank_), recv_sizes_[rank_]);
+  std::vector<grpc::Slice> slices;
   for (int p = 0; p < size(); ++p) {
     if (p == rank_) continue;
-    std::memcpy(recv->block(p), arrived_[p].data(), recv_sizes_[p]);
-    arrived_[p] = std::string();  // the mailbox handed over its storage; do not keep megabytes around
+    // The payload's bytes, straight from gRPC's receive slices into the caller's block.
+    Received& r = arrived_[p];
+    if (r.size > 0 && !r.request.Dump(&slices).ok()) return absl::InternalError("exchange: unreadable received buffer");
+    size_t skip = r.offset, copied = 0;
+    for (const grpc::Slice& s : slices) {
+      if (copied == r.size) break;
+      if (skip >= s.size()) {
+        skip -= s.size();
+        continue;
+      }
+      const size_t n = std::min(s.size() - skip, r.size - copied);
+      std::memcpy(recv->block(p) + copied, s.begin() + skip, n);
+      copied += n;
+      skip = 0;
+    }
+    slices.clear();
+    r = Received();  // hand the receive buffer back to gRPC
   }
   return absl::OkStatus();
 }
 
-grpc::Status GrpcExchange::Deliver(const v1::ExchangeMessage& m) {
-  if (m.epoch() != epoch_) {
+grpc::Status GrpcExchange::Deliver(const grpc::ByteBuffer& message) {
+  // Parse the header fields and locate the payload without copying it (unknown fields are skipped, as
+  // protobuf would; a repeated payload field keeps the last, as protobuf would).
+  grpc::ByteBuffer request = message;  // a new reference to the same slices
+  grpc::ProtoBufferReader reader(&request);
+  google::protobuf::io::CodedInputStream in(&reader);
+  in.SetTotalBytesLimit(std::numeric_limits<int>::max());
+  using Wire = google::protobuf::internal::WireFormatLite;
+  uint64_t epoch = 0, tag = 0;
+  uint32_t from = 0;
+  Received payload;
+  bool ok = true;
+  while (ok) {
+    const uint32_t key = in.ReadTag();
+    if (key == 0) {  // the end, or a tag that does not parse
+      ok = static_cast<size_t>(in.CurrentPosition()) == message.Length();
+      break;
+    }
+    switch (key) {
+      case Wire::MakeTag(v1::ExchangeMessage::kEpochFieldNumber, Wire::WIRETYPE_VARINT): ok = in.ReadVarint64(&epoch); break;
+      case Wire::MakeTag(v1::ExchangeMessage::kTagFieldNumber, Wire::WIRETYPE_VARINT): ok = in.ReadVarint64(&tag); break;
+      case Wire::MakeTag(v1::ExchangeMessage::kFromFieldNumber, Wire::WIRETYPE_VARINT): ok = in.ReadVarint32(&from); break;
+      case Wire::MakeTag(v1::ExchangeMessage::kPayloadFieldNumber, Wire::WIRETYPE_LENGTH_DELIMITED): {
+        uint32_t length = 0;
+        ok = in.ReadVarint32(&length) && length <= static_cast<uint32_t>(std::numeric_limits<int>::max());
+        payload.offset = static_cast<size_t>(in.CurrentPosition());
+        payload.size = length;
+        ok = ok && in.Skip(static_cast<int>(length));
+        break;
+      }
+      default: ok = Wire::SkipField(&in, key);
+    }
+  }
+  if (!ok || !reader.status().ok()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "exchange message does not parse");
+  }
+  if (epoch != epoch_) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrCat("exchange message of epoch ", m.epoch(), " refused: this member is at epoch ", epoch_));
+                        absl::StrCat("exchange message of epoch ", epoch, " refused: this member is at epoch ", epoch_));
   }
-  if (m.from() < 0 || m.from() >= size() || m.from() == rank_) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("exchange message from non-member ", m.from()));
+  const int sender = static_cast<int>(from);
+  if (sender < 0 || sender >= size() || sender == rank_) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("exchange message from non-member ", sender));
   }
-  return ToGrpcStatus(inbox_.Put(m.tag(), m.from(), m.payload()));
+  payload.request = std::move(request);
+  return ToGrpcStatus(inbox_.Put(tag, sender, std::move(payload)));
 }
 
-grpc::Status ExchangeOnlyService::Exchange(grpc::ServerContext*, const v1::ExchangeMessage* request, v1::ExchangeAck*) {
-  GrpcExchange* target = target_.load();
-  if (target == nullptr) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "exchange not ready");
-  return target->Deliver(*request);
+grpc::Status GrpcExchange::Deliver(const v1::ExchangeMessage& message) {
+  const std::string bytes = message.SerializeAsString();
+  grpc::Slice slice(bytes.data(), bytes.size());
+  return Deliver(grpc::ByteBuffer(&slice, 1));
+}
+
+grpc::ServerUnaryReactor* ServeExchange(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response, GrpcExchange* target) {
+  grpc::Slice empty;  // ExchangeAck has no fields
+  *response = grpc::ByteBuffer(&empty, 1);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(target == nullptr ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "exchange not ready")
+                                    : target->Deliver(*request));
+  return reactor;
 }
 
 }  // namespace moe

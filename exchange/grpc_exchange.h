@@ -44,9 +44,13 @@ class GrpcExchange : public Exchange {
   uint64_t epoch() const { return epoch_; }
   absl::Status AllToAllV(uint64_t tag, const ExchangeBuffer& send, ExchangeBuffer* recv) override;
 
-  // The receiving half, called from the Worker service's Exchange handler (any thread). Refuses,
-  // without storing, a message of another epoch (FAILED_PRECONDITION) or from a non-member
-  // (INVALID_ARGUMENT).
+  // The receiving half, called from the Worker service's Exchange handler (any thread) with the
+  // request's raw bytes (an ExchangeMessage): the payload stays in gRPC's receive buffer, referenced
+  // until its collective copies it out, so it is copied once on the way in. Refuses, without storing,
+  // bytes that do not parse (INVALID_ARGUMENT), a message of another epoch (FAILED_PRECONDITION) or
+  // from a non-member (INVALID_ARGUMENT).
+  grpc::Status Deliver(const grpc::ByteBuffer& message);
+  // The same for a parsed message (tests, tools).
   grpc::Status Deliver(const v1::ExchangeMessage& message);
 
   // Ends a collective blocked on a peer that will never answer (a dead worker), now and for good:
@@ -61,16 +65,29 @@ class GrpcExchange : public Exchange {
   std::chrono::milliseconds timeout_;
   std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;  // Worker.Exchange, request bytes built here
   std::vector<size_t> recv_sizes_;
-  std::vector<std::string> arrived_;
-  Mailbox inbox_;
+  // A received payload: bytes [offset, offset + size) of a request still held by gRPC.
+  struct Received {
+    grpc::ByteBuffer request;
+    size_t offset = 0, size = 0;
+  };
+  Mailbox<Received> inbox_;
+  std::vector<Received> arrived_;  // per member, during a collective
   std::atomic<int64_t> bytes_sent_{0};
 };
 
+// The Worker.Exchange handler over raw bytes, shared by every service that serves it: delivers to
+// `target` (UNAVAILABLE when null: no data plane yet) and finishes the call.
+grpc::ServerUnaryReactor* ServeExchange(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response, GrpcExchange* target);
+
 // A Worker service that answers only Exchange, forwarding to a GrpcExchange (tests and benchmarks).
-class ExchangeOnlyService final : public v1::Worker::Service {
+class ExchangeOnlyService final : public v1::Worker::WithRawCallbackMethod_Exchange<v1::Worker::Service> {
  public:
   void set_target(GrpcExchange* target) { target_.store(target); }
-  grpc::Status Exchange(grpc::ServerContext*, const v1::ExchangeMessage* request, v1::ExchangeAck*) override;
+  grpc::ServerUnaryReactor* Exchange(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override {
+    return ServeExchange(context, request, response, target_.load());
+  }
 
  private:
   std::atomic<GrpcExchange*> target_{nullptr};

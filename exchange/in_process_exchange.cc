@@ -8,7 +8,7 @@ namespace moe {
 
 class InProcessExchangeGroup::MemberImpl : public Exchange {
  public:
-  MemberImpl(int rank, std::vector<std::unique_ptr<Mailbox>>* boxes, std::chrono::milliseconds timeout)
+  MemberImpl(int rank, std::vector<std::unique_ptr<Mailbox<std::string>>>* boxes, std::chrono::milliseconds timeout)
       : rank_(rank), boxes_(boxes), timeout_(timeout) {}
   int rank() const override { return rank_; }
   int size() const override { return static_cast<int>(boxes_->size()); }
@@ -27,12 +27,12 @@ class InProcessExchangeGroup::MemberImpl : public Exchange {
 
  private:
   int rank_;
-  std::vector<std::unique_ptr<Mailbox>>* boxes_;
+  std::vector<std::unique_ptr<Mailbox<std::string>>>* boxes_;
   std::chrono::milliseconds timeout_;
 };
 
 InProcessExchangeGroup::InProcessExchangeGroup(int size, std::chrono::milliseconds timeout) {
-  for (int i = 0; i < size; ++i) boxes_.push_back(std::make_unique<Mailbox>());
+  for (int i = 0; i < size; ++i) boxes_.push_back(std::make_unique<Mailbox<std::string>>());
   for (int i = 0; i < size; ++i) members_.push_back(std::make_unique<MemberImpl>(i, &boxes_, timeout));
 }
 

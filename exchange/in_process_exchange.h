@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "exchange/exchange.h"
@@ -20,7 +21,7 @@ class InProcessExchangeGroup {
 
  private:
   class MemberImpl;
-  std::vector<std::unique_ptr<Mailbox>> boxes_;
+  std::vector<std::unique_ptr<Mailbox<std::string>>> boxes_;
   std::vector<std::unique_ptr<Exchange>> members_;
 };
 

@@ -255,16 +255,14 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerService::Exchange(grpc::ServerContext*, const v1::ExchangeMessage* request, v1::ExchangeAck*) {
+grpc::ServerUnaryReactor* WorkerService::Exchange(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
   std::shared_ptr<GrpcExchange> exchange;
   {
     absl::MutexLock lock(&exchange_mutex_);
     exchange = exchange_;
   }
-  if (exchange == nullptr) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no shard with a gRPC data plane is loaded here");
-  }
-  return exchange->Deliver(*request);
+  return ServeExchange(context, request, response, exchange.get());
 }
 
 }  // namespace moe

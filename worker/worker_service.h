@@ -29,7 +29,8 @@ absl::StatusOr<ShardMap> ShardMapFromProto(const v1::ShardMapProto& p, const Mod
                                            const std::vector<int64_t>& merged_experts = {});
 void ShardMapToProto(const ShardMap& m, v1::ShardMapProto* p);
 
-class WorkerService final : public v1::Worker::Service {
+// Exchange is served over raw bytes (see GrpcExchange::Deliver); the other methods are synchronous.
+class WorkerService final : public v1::Worker::WithRawCallbackMethod_Exchange<v1::Worker::Service> {
  public:
   // Builds the data plane for one shard map, given this worker's rank in it and the communicator id the
   // coordinator handed out for the map's epoch (empty when the data plane needs none). Unset: gRPC
@@ -47,7 +48,8 @@ class WorkerService final : public v1::Worker::Service {
 
   grpc::Status LoadShard(grpc::ServerContext*, const v1::LoadShardRequest*, v1::LoadShardResponse*) override;
   grpc::Status Step(grpc::ServerContext*, const v1::StepRequest*, v1::StepResponse*) override;
-  grpc::Status Exchange(grpc::ServerContext*, const v1::ExchangeMessage*, v1::ExchangeAck*) override;
+  grpc::ServerUnaryReactor* Exchange(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
 
  private:
   struct Sequence {
