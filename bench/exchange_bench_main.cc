@@ -2,7 +2,8 @@
 // job, side by side with plain MPI_Alltoallv on the same payloads and with memcpy bandwidth.
 //   mpirun --allow-run-as-root -np 4 build/bin/moe-bench-exchange [--hidden 4096] [--iters 20]
 // Each rank sends tokens/size tokens of `hidden` values to every rank (tokens = 1..4096, F32 and BF16).
-// GB/s counts the bytes one rank sends to the other ranks per collective, over the median time.
+// GB/s counts the bytes one rank sends to the other ranks per collective, over the median time. The three
+// variants take turns within each iteration (noise on this shared machine hits them alike).
 #include <mpi.h>
 
 #include <algorithm>
@@ -22,19 +23,27 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double MedianSeconds(int iters, const std::function<void()>& collective) {
-  std::vector<double> t;
-  collective();  // warm-up
+// Median seconds of each collective (the slowest rank's time), the variants taking turns within every
+// iteration so that a noisy stretch of this shared machine hits them all alike.
+std::vector<double> InterleavedMedianSeconds(int iters, const std::vector<std::function<void()>>& collectives) {
+  std::vector<std::vector<double>> t(collectives.size());
+  for (const auto& c : collectives) c();  // warm-up
   for (int i = 0; i < iters; ++i) {
-    MPI_Barrier(MPI_COMM_WORLD);
-    const auto t0 = Clock::now();
-    collective();
-    double local = std::chrono::duration<double>(Clock::now() - t0).count(), slowest = 0;
-    MPI_Allreduce(&local, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    t.push_back(slowest);
+    for (size_t v = 0; v < collectives.size(); ++v) {
+      MPI_Barrier(MPI_COMM_WORLD);
+      const auto t0 = Clock::now();
+      collectives[v]();
+      double local = std::chrono::duration<double>(Clock::now() - t0).count(), slowest = 0;
+      MPI_Allreduce(&local, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+      t[v].push_back(slowest);
+    }
   }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  std::vector<double> medians;
+  for (auto& v : t) {
+    std::sort(v.begin(), v.end());
+    medians.push_back(v[v.size() / 2]);
+  }
+  return medians;
 }
 
 }  // namespace
@@ -92,16 +101,18 @@ int main(int argc, char** argv) {
       std::string send_buf(bytes * size, 'x'), recv_buf(bytes * size, '\0');
       std::vector<int> counts(static_cast<size_t>(size), static_cast<int>(bytes)), displs(static_cast<size_t>(size));
       for (int i = 0; i < size; ++i) displs[i] = static_cast<int>(bytes) * i;
-      const double plain = MedianSeconds(iters, [&] {
-        MPI_Alltoallv(send_buf.data(), counts.data(), displs.data(), MPI_BYTE, recv_buf.data(), counts.data(),
-                      displs.data(), MPI_BYTE, MPI_COMM_WORLD);
-      });
-      const double mpi = MedianSeconds(iters, [&] {
-        if (!mpi_exchange.AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
-      });
-      const double grpc_s = MedianSeconds(iters, [&] {
-        if (!grpc_exchange.AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
-      });
+      const std::vector<double> medians = InterleavedMedianSeconds(
+          iters, {[&] {
+                    MPI_Alltoallv(send_buf.data(), counts.data(), displs.data(), MPI_BYTE, recv_buf.data(),
+                                  counts.data(), displs.data(), MPI_BYTE, MPI_COMM_WORLD);
+                  },
+                  [&] {
+                    if (!mpi_exchange.AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+                  },
+                  [&] {
+                    if (!grpc_exchange.AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+                  }});
+      const double plain = medians[0], mpi = medians[1], grpc_s = medians[2];
       const double sent = static_cast<double>(bytes) * (size - 1);
       if (rank == 0) {
         std::cout << absl::StrFormat("| %s | %d | %d | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
