@@ -95,6 +95,7 @@ absl::StatusOr<double> MeasureExchange(int ranks, size_t bytes_per_peer, int rep
     });
   }
   for (auto& t : threads) t.join();
+  for (auto& e : exchanges) e->Abort(absl::UnavailableError("calibration done"));
   for (auto& server : servers) server->Shutdown(DeadlineAfter(std::chrono::seconds(2)));
   for (const absl::Status& e : errors) {
     if (!e.ok()) return absl::InternalError(absl::StrCat("calibration: exchange failed: ", e.message()));

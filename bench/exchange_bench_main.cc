@@ -1,5 +1,6 @@
 // moe-bench-exchange: All2All latency and bandwidth of each Exchange backend among the ranks of an MPI
-// job, side by side with plain MPI_Alltoallv on the same payloads and with memcpy bandwidth.
+// job (gRPC twice: as deployed, where same-host peers read blocks by address, and TCP-only, as between
+// hosts), side by side with plain MPI_Alltoallv on the same payloads, memcpy and loopback TCP bandwidth.
 //   mpirun --allow-run-as-root -np 4 build/bin/moe-bench-exchange [--hidden 4096] [--iters 20]
 // Each rank sends tokens/size tokens of `hidden` values to every rank (tokens = 1..4096, F32 and BF16).
 // GB/s counts the bytes one rank sends to the other ranks per collective, over the median time. The three
@@ -61,20 +62,31 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
   }
 
-  // gRPC backend: every rank serves Worker.Exchange on a loopback port; ports are swapped over MPI.
-  moe::ExchangeOnlyService service;
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  moe::ConfigureInternalServer(&builder);
-  auto server = builder.BuildAndStart();
-  std::vector<int> ports(static_cast<size_t>(size));
-  MPI_Allgather(&port, 1, MPI_INT, ports.data(), 1, MPI_INT, MPI_COMM_WORLD);
-  std::vector<std::string> addresses;
-  for (int p : ports) addresses.push_back("127.0.0.1:" + std::to_string(p));
-  moe::GrpcExchange grpc_exchange(rank, 1, addresses, std::chrono::seconds(60));
-  service.set_target(&grpc_exchange);
+  // gRPC backend, twice: as deployed (same-host peers read blocks by address) and with every block
+  // over TCP (as between hosts). Every rank serves Worker.Exchange on loopback ports swapped over MPI.
+  struct GrpcMember {
+    moe::ExchangeOnlyService service;
+    std::unique_ptr<grpc::Server> server;
+    std::unique_ptr<moe::GrpcExchange> exchange;
+  };
+  auto start_member = [&](bool same_host_reads) {
+    auto m = std::make_unique<GrpcMember>();
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&m->service);
+    moe::ConfigureInternalServer(&builder);
+    m->server = builder.BuildAndStart();
+    std::vector<int> ports(static_cast<size_t>(size));
+    MPI_Allgather(&port, 1, MPI_INT, ports.data(), 1, MPI_INT, MPI_COMM_WORLD);
+    std::vector<std::string> addresses;
+    for (int p : ports) addresses.push_back("127.0.0.1:" + std::to_string(p));
+    m->exchange = std::make_unique<moe::GrpcExchange>(rank, 1, addresses, std::chrono::seconds(60), same_host_reads);
+    m->service.set_target(m->exchange.get());
+    return m;
+  };
+  auto grpc_member = start_member(true);
+  auto tcp_member = start_member(false);
   moe::MpiExchange mpi_exchange(MPI_COMM_WORLD);
   MPI_Barrier(MPI_COMM_WORLD);
 
@@ -85,8 +97,9 @@ int main(int argc, char** argv) {
                                  "(1 thread), one loopback TCP stream %.2f GB/s\n",
                                  size, hidden, iters, memcpy_gbs, tcp_gbs)
               << "| dtype | tokens/rank | bytes/peer | MPI_Alltoallv us | MPI backend us | gRPC backend us | "
-                 "MPI_Alltoallv GB/s | MPI backend GB/s | gRPC backend GB/s | MPI backend / plain | gRPC / plain |\n"
-                 "|---|---|---|---|---|---|---|---|---|---|---|\n";
+                 "gRPC TCP-only us | MPI_Alltoallv GB/s | MPI backend GB/s | gRPC backend GB/s | gRPC TCP-only GB/s | "
+                 "MPI backend / plain | gRPC / plain | gRPC TCP-only / plain |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   }
   uint64_t tag = 1;
   for (int dtype_bytes : {4, 2}) {
@@ -110,19 +123,27 @@ int main(int argc, char** argv) {
                     if (!mpi_exchange.AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
                   },
                   [&] {
-                    if (!grpc_exchange.AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+                    if (!grpc_member->exchange->AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+                  },
+                  [&] {
+                    if (!tcp_member->exchange->AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
                   }});
-      const double plain = medians[0], mpi = medians[1], grpc_s = medians[2];
+      const double plain = medians[0], mpi = medians[1], grpc_s = medians[2], tcp_s = medians[3];
       const double sent = static_cast<double>(bytes) * (size - 1);
       if (rank == 0) {
-        std::cout << absl::StrFormat("| %s | %d | %d | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
-                                     dtype_bytes == 4 ? "F32" : "BF16", tokens, bytes, plain * 1e6, mpi * 1e6, grpc_s * 1e6,
-                                     sent / plain / 1e9, sent / mpi / 1e9, sent / grpc_s / 1e9, plain / mpi, plain / grpc_s);
+        std::cout << absl::StrFormat(
+            "| %s | %d | %d | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
+            dtype_bytes == 4 ? "F32" : "BF16", tokens, bytes, plain * 1e6, mpi * 1e6, grpc_s * 1e6, tcp_s * 1e6,
+            sent / plain / 1e9, sent / mpi / 1e9, sent / grpc_s / 1e9, sent / tcp_s / 1e9, plain / mpi, plain / grpc_s,
+            plain / tcp_s);
       }
     }
   }
   MPI_Barrier(MPI_COMM_WORLD);
-  server->Shutdown(moe::DeadlineAfter(std::chrono::seconds(2)));
+  for (GrpcMember* m : {grpc_member.get(), tcp_member.get()}) {
+    m->exchange->Abort(absl::UnavailableError("benchmark done"));
+    m->server->Shutdown(moe::DeadlineAfter(std::chrono::seconds(2)));
+  }
   MPI_Finalize();
   return 0;
 }

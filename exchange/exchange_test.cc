@@ -1,7 +1,10 @@
 // The Exchange test suite, run unchanged against every backend that can run in this process.
+#include <unistd.h>
+
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -107,6 +110,9 @@ INSTANTIATE_TEST_SUITE_P(
                               }},
                       Backend{"grpc", [](int n, std::chrono::milliseconds t) -> std::unique_ptr<Group> {
                                 return std::make_unique<GrpcGroup>(n, t);
+                              }},
+                      Backend{"grpc_tcp_only", [](int n, std::chrono::milliseconds t) -> std::unique_ptr<Group> {
+                                return std::make_unique<GrpcGroup>(n, t, /*same_host_reads=*/false);
                               }}),
     [](const auto& info) { return info.param.name; });
 
@@ -127,15 +133,32 @@ TEST(ExchangeBufferTest, LayoutReusesStorageUnlessATransportStillHoldsIt) {
   EXPECT_EQ(std::string(in_flight.get(), 8), "abcdefgh");
 }
 
+// The header of an inline message from `from` (no probe).
+std::string Header(uint64_t epoch, uint64_t tag, int from, size_t payload_bytes) {
+  v1::ExchangeMessage head;
+  head.set_epoch(epoch);
+  head.set_tag(tag);
+  head.set_from(from);
+  return EncodeExchangeHeader(head, payload_bytes);
+}
+
+// Delivers raw bytes to `member`; returns the status its call completed with (at once).
+grpc::Status DeliverBytes(GrpcExchange* member, const std::string& bytes) {
+  grpc::Slice slice(bytes.data(), bytes.size());
+  std::optional<grpc::Status> result;
+  member->Deliver(grpc::ByteBuffer(&slice, 1), [&result](const grpc::Status& s, const v1::ExchangeAck&) { result = s; });
+  return result.value_or(grpc::Status(grpc::StatusCode::UNKNOWN, "not completed at once"));
+}
+
 TEST(GrpcExchangeTest, HeaderBytesFollowedByThePayloadParseAsTheExchangeMessage) {
   const std::string payload(300, 'p');  // long enough for a two-byte length varint
   v1::ExchangeMessage m;
-  ASSERT_TRUE(m.ParseFromString(EncodeExchangeHeader(9, 1ull << 40, 3, payload.size()) + payload));
+  ASSERT_TRUE(m.ParseFromString(Header(9, 1ull << 40, 3, payload.size()) + payload));
   EXPECT_EQ(m.epoch(), 9u);
   EXPECT_EQ(m.tag(), 1ull << 40);
   EXPECT_EQ(m.from(), 3);
   EXPECT_EQ(m.payload(), payload);
-  ASSERT_TRUE(m.ParseFromString(EncodeExchangeHeader(1, 2, 0, 0)));
+  ASSERT_TRUE(m.ParseFromString(Header(1, 2, 0, 0)));
   EXPECT_EQ(m.payload(), "");
 }
 
@@ -160,14 +183,12 @@ TEST(GrpcExchangeTest, RefusesMessagesFromAnotherEpochOrANonMember) {
 }
 
 TEST(GrpcExchangeTest, GarbageOrTruncatedBytesAreRefusedNotStored) {
-  GrpcGroup group(2, std::chrono::milliseconds(300));
-  auto deliver = [&](const std::string& bytes) {
-    grpc::Slice slice(bytes.data(), bytes.size());
-    return group.grpc_member(0)->Deliver(grpc::ByteBuffer(&slice, 1));
-  };
+  // Without same-host reads every message completes at once (a by-address block is refused).
+  GrpcGroup group(2, std::chrono::milliseconds(300), /*same_host_reads=*/false);
+  auto deliver = [&](const std::string& bytes) { return DeliverBytes(group.grpc_member(0), bytes); };
   EXPECT_EQ(deliver("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   // A header that promises 1000 payload bytes and carries 3.
-  EXPECT_EQ(deliver(EncodeExchangeHeader(7, 1, 1, 1000) + "abc").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(deliver(Header(7, 1, 1, 1000) + "abc").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   std::mt19937 rng(5);
   for (int i = 0; i < 2000; ++i) {  // random bytes: refused or stored, never a crash
     std::string junk(rng() % 64, '\0');
@@ -175,12 +196,45 @@ TEST(GrpcExchangeTest, GarbageOrTruncatedBytesAreRefusedNotStored) {
     deliver(junk);
   }
   // The collective then still works, with a real message from member 1.
-  EXPECT_TRUE(deliver(EncodeExchangeHeader(7, 99, 1, 2) + "ok").ok());
+  EXPECT_TRUE(deliver(Header(7, 99, 1, 2) + "ok").ok());
   std::thread peer([&] { (void)group.grpc_member(1)->AllToAll(99, {"ok", ""}); });
   auto got = group.grpc_member(0)->AllToAll(99, {"", ""});
   peer.join();
   ASSERT_THAT(got, IsOk());
   EXPECT_EQ((*got)[1], "ok");
+}
+
+TEST(GrpcExchangeTest, PeersOnOneHostSwitchToReadingBlocksByAddressAndRefuseItWhenOff) {
+  GrpcGroup group(2, std::chrono::seconds(10));
+  EXPECT_FALSE(group.grpc_member(0)->SendsByAddressTo(1));
+  auto collective = [&](uint64_t tag) {
+    std::vector<absl::StatusOr<std::vector<std::string>>> got(2);
+    std::thread peer([&] { got[1] = group.grpc_member(1)->AllToAll(tag, {std::string(70000, 'b'), "to self"}); });
+    got[0] = group.grpc_member(0)->AllToAll(tag, {"to self", std::string(90000, 'a')});
+    peer.join();
+    return got;
+  };
+  auto first = collective(1);  // inline, with probes
+  ASSERT_THAT(first[0], IsOk());
+  EXPECT_TRUE(group.grpc_member(0)->SendsByAddressTo(1)) << "the peer read the probe in this process";
+  EXPECT_TRUE(group.grpc_member(1)->SendsByAddressTo(0));
+  for (uint64_t tag = 2; tag <= 4; ++tag) {  // by address now
+    auto got = collective(tag);
+    ASSERT_THAT(got[0], IsOk());
+    ASSERT_THAT(got[1], IsOk());
+    EXPECT_EQ((*got[0])[1], std::string(70000, 'b'));
+    EXPECT_EQ((*got[1])[0], std::string(90000, 'a'));
+  }
+  // A member that does not read peers' memory refuses a by-address block at once.
+  GrpcGroup off(2, std::chrono::seconds(1), /*same_host_reads=*/false);
+  v1::ExchangeMessage m;
+  m.set_epoch(7);
+  m.set_tag(1);
+  m.set_from(1);
+  m.mutable_same_host()->set_pid(getpid());
+  m.mutable_same_host()->set_address(1);
+  m.mutable_same_host()->set_bytes(8);
+  EXPECT_EQ(off.grpc_member(0)->Deliver(m).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
 }
 
 TEST(GrpcExchangeTest, AbortEndsACollectiveWaitingForADeadPeerAtOnce) {

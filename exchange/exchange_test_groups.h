@@ -31,10 +31,11 @@ class InProcessGroup : public Group {
   InProcessExchangeGroup group_;
 };
 
-// Members are real gRPC servers on loopback ports.
+// Members are real gRPC servers on loopback ports (in this process, so same-host reads work unless
+// `same_host_reads` is false: then every block crosses TCP).
 class GrpcGroup : public Group {
  public:
-  GrpcGroup(int size, std::chrono::milliseconds timeout) {
+  GrpcGroup(int size, std::chrono::milliseconds timeout, bool same_host_reads = true) {
     std::vector<std::string> addresses;
     for (int i = 0; i < size; ++i) {
       services_.push_back(std::make_unique<ExchangeOnlyService>());
@@ -47,11 +48,12 @@ class GrpcGroup : public Group {
       addresses.push_back("127.0.0.1:" + std::to_string(port));
     }
     for (int i = 0; i < size; ++i) {
-      members_.push_back(std::make_unique<GrpcExchange>(i, /*epoch=*/7, addresses, timeout));
+      members_.push_back(std::make_unique<GrpcExchange>(i, /*epoch=*/7, addresses, timeout, same_host_reads));
       services_[i]->set_target(members_.back().get());
     }
   }
   ~GrpcGroup() override {
+    for (auto& m : members_) m->Abort(absl::UnavailableError("group shutting down"));
     for (auto& s : servers_) s->Shutdown(DeadlineAfter(std::chrono::seconds(2)));
   }
   Exchange* Member(int rank) override { return members_[rank].get(); }

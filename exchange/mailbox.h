@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -46,6 +47,15 @@ class Mailbox {
     Payload payload = std::move(it->second);
     messages_.erase(it);
     return payload;
+  }
+
+  // Removes and returns every stored message (so that what they hold can be released).
+  std::vector<Payload> Drain() {
+    absl::MutexLock lock(&mutex_);
+    std::vector<Payload> all;
+    for (auto& [key, payload] : messages_) all.push_back(std::move(payload));
+    messages_.clear();
+    return all;
   }
 
   // Wakes every waiting and future Take with `status` (not OK): the group this mailbox serves is gone

@@ -116,6 +116,7 @@ int RunWorker(const WorkerServerOptions& options, const std::atomic<bool>& stop)
       }
     }
   }
+  service.StopDataPlane();
   server->Shutdown(DeadlineAfter(std::chrono::seconds(2)));
   return stop ? 0 : exit_code;
 }

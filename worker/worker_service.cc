@@ -255,6 +255,11 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
   return grpc::Status::OK;
 }
 
+void WorkerService::StopDataPlane() {
+  absl::MutexLock lock(&exchange_mutex_);
+  if (exchange_ != nullptr) exchange_->Abort(absl::UnavailableError("worker stopping"));
+}
+
 grpc::ServerUnaryReactor* WorkerService::Exchange(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                                   grpc::ByteBuffer* response) {
   std::shared_ptr<GrpcExchange> exchange;

@@ -47,6 +47,9 @@ class WorkerService final : public v1::Worker::WithRawCallbackMethod_Exchange<v1
   explicit WorkerService(Options options);
 
   grpc::Status LoadShard(grpc::ServerContext*, const v1::LoadShardRequest*, v1::LoadShardResponse*) override;
+  // Releases peers' calls still waiting on this worker's data plane (same-host blocks not yet read), so
+  // that the server can shut down. Call before shutting the server down.
+  void StopDataPlane();
   grpc::Status Step(grpc::ServerContext*, const v1::StepRequest*, v1::StepResponse*) override;
   grpc::ServerUnaryReactor* Exchange(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
