@@ -197,11 +197,12 @@ absl::Status GrpcExchange::AllToAllV(uint64_t tag, const ExchangeBuffer& send, E
   // sizes are known. Then make sure every send landed.
   absl::Status receive_status;
   arrived_.assign(static_cast<size_t>(size()), Received());
-  for (int i = 1; i < size() && receive_status.ok(); ++i) {
+  for (int i = 1; i < size(); ++i) {
     const int from = (rank_ - i + size()) % size();
-    auto msg = inbox_.Take(tag, from, timeout_);
-    if (!msg.ok()) receive_status = msg.status();
-    else arrived_[from] = std::move(*msg);
+    // After a failure, only what already arrived is taken (so that its sender is released below).
+    auto msg = inbox_.Take(tag, from, receive_status.ok() ? timeout_ : std::chrono::milliseconds(0));
+    if (msg.ok()) arrived_[from] = std::move(*msg);
+    else if (receive_status.ok()) receive_status = msg.status();
   }
   if (receive_status.ok()) {
     recv_sizes_.resize(static_cast<size_t>(size()));
