@@ -323,6 +323,7 @@ class ServingSimulation {
     std::unique_ptr<BatchAdmission> admission;
     bool stepping = false;
     Nanos step_start = 0;
+    Nanos intake_free = 0;              // when the coordinator can take in the next request
     std::unique_ptr<FlowStep> flow;     // flow: the step in progress
   };
 
@@ -550,7 +551,9 @@ void ServingSimulation::Arrive(int64_t request) {
   if (first_arrival_ < 0) first_arrival_ = sim_.now();
   arrival_time_[request] = sim_.now();
   if (cluster_.request_overhead > 0) {
-    sim_.After(cluster_.request_overhead, [this, request] { Enqueue(request); });
+    Replica& r = replicas_[request % cluster_.replicas];
+    r.intake_free = std::max(r.intake_free, sim_.now()) + cluster_.request_overhead;
+    sim_.After(r.intake_free - sim_.now(), [this, request] { Enqueue(request); });
   } else {
     Enqueue(request);
   }

@@ -51,7 +51,9 @@ struct ClusterSpec {
   Nanos step_overhead = 0;        // fixed cost of one engine step (scheduling, RPCs)
   Nanos sequence_overhead = 0;    // cost of each sequence in a step (sampling, streaming its token)
   // A request's trip from its client into the coordinator's queue (call set-up, and the first token's
-  // way back, lumped in here); TTFT and end-to-end latency count from the client's send.
+  // way back, lumped in here); TTFT and end-to-end latency count from the client's send. The
+  // coordinator takes requests in one at a time: requests that arrive together queue for it, each
+  // paying this in turn (the live coordinator's intake is one thread).
   Nanos request_overhead = 0;
   Nanos collective_overhead = 0;  // software cost of one all-to-all on every worker (dispatch or combine)
   double compute_share = 1;       // share of the device one worker gets (CPU workers sharing cores)

@@ -130,6 +130,21 @@ TEST_P(BothFidelities, RequestOverheadDelaysTheFirstStep) {
   EXPECT_NEAR(report->ttft.Percentile(0.5), (1983 + 500) * 1e-9, (1983 + 500) * 1e-9 * 0.011);
 }
 
+// Requests that arrive together are taken in one at a time: with an intake far slower than a step,
+// three simultaneous requests get their first tokens about 1, 2 and 3 intakes after their send.
+TEST_P(BothFidelities, RequestsArrivingTogetherQueueForTheCoordinatorsIntake) {
+  Case c(4, 2, 1, GetParam());
+  c.cluster.request_overhead = 100000;
+  c.workload.requests = 3;
+  c.workload.concurrency = 3;
+  auto report = c.Run();
+  ASSERT_THAT(report.status(), IsOk());
+  EXPECT_GE(report->ttft.Percentile(0), 100000e-9);
+  EXPECT_LT(report->ttft.Percentile(0), 110000e-9);
+  EXPECT_GE(report->ttft.Percentile(1), 300000e-9);
+  EXPECT_LT(report->ttft.Percentile(1), 310000e-9);
+}
+
 // A task whose expert map lives on its home worker sends nothing but message headers.
 TEST_P(BothFidelities, HomeTaskMapsKeepTokensOnTheirWorker) {
   Case c(8, 2, 2, GetParam());
