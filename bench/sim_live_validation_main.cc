@@ -7,7 +7,8 @@
 //   build/bin/moe-calibrate --model models/tiny-moe --out build/calibration
 //   build/bin/moe-bench-sim-live --model models/tiny-moe --calibration build/calibration
 //       [--expert-map DIR (default: moe-prune's add-uncurl-p2 for the model, made once under --calibration)]
-//       [--workers 1,2,4] [--requests 64] [--concurrency 16] [--prompt-len 12] [--max-tokens 16]
+//       [--workers 1,2,4] [--requests 64] [--concurrency 16] [--prompt-len 12] [--max-tokens 16] [--repeats 3]
+// Each live figure is the median of --repeats runs on the same cluster.
 // Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, or failed requests.
 #include <algorithm>
 #include <cmath>
@@ -32,6 +33,7 @@ ABSL_FLAG(int32_t, requests, 64, "requests per configuration");
 ABSL_FLAG(int32_t, concurrency, 16, "concurrent clients");
 ABSL_FLAG(int32_t, prompt_len, 12, "prompt tokens");
 ABSL_FLAG(int32_t, max_tokens, 16, "tokens per answer (the end-of-sequence token ignored)");
+ABSL_FLAG(int32_t, repeats, 3, "live runs per configuration; each live figure is their median");
 ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
 
 namespace {
@@ -55,6 +57,17 @@ Figures Measured(const moe::bench::LoadResult& load) {
   const int64_t tokens = load.tokens();
   return {load.tokens_per_s(), Quantile(ttft, 0.5), Quantile(ttft, 0.9), load.mean_inter_token_s(),
           tokens ? static_cast<double>(load.all2all_bytes) / static_cast<double>(tokens) : 0};
+}
+
+// Each figure's median over repeated live runs (this shared machine's run-to-run noise is 10-30%).
+Figures MedianOf(const std::vector<Figures>& runs) {
+  auto median = [&runs](double Figures::*field) {
+    std::vector<double> v;
+    for (const Figures& f : runs) v.push_back(f.*field);
+    return Quantile(v, 0.5);
+  };
+  return {median(&Figures::tokens_per_s), median(&Figures::ttft_p50_s), median(&Figures::ttft_p90_s),
+          median(&Figures::inter_token_s), median(&Figures::all2all_bytes_per_token)};
 }
 
 Figures Predicted(const moe::sim::SimReport& r) {
@@ -84,8 +97,9 @@ int main(int argc, char** argv) {
   const fs::path calibration_dir = absl::GetFlag(FLAGS_calibration);
   const int concurrency = absl::GetFlag(FLAGS_concurrency), max_tokens = absl::GetFlag(FLAGS_max_tokens);
   const int prompt_len = absl::GetFlag(FLAGS_prompt_len), requests = absl::GetFlag(FLAGS_requests);
-  if (concurrency < 1 || max_tokens < 1 || prompt_len < 1 || requests < 1) {
-    return Fail("--concurrency, --max-tokens, --prompt-len and --requests must be >= 1");
+  const int repeats = absl::GetFlag(FLAGS_repeats);
+  if (concurrency < 1 || max_tokens < 1 || prompt_len < 1 || requests < 1 || repeats < 1) {
+    return Fail("--concurrency, --max-tokens, --prompt-len, --requests and --repeats must be >= 1");
   }
   absl::StatusOr<moe::ModelConfig> config = moe::ModelConfig::FromFile(model_dir + "/config.json");
   if (!config.ok()) return Fail(config.status().ToString());
@@ -126,8 +140,13 @@ int main(int argc, char** argv) {
       auto live = moe::LocalCluster::Start(model_dir, workers, coordinator_flags, std::chrono::seconds(180), {"--threads", "1"});
       if (!live.ok()) return Fail(live.status().ToString());
       moe::bench::RunClosedLoop((*live)->address(), {prompts[0]}, 1, {2, task, true});  // warm-up: connections, first touch
-      const moe::bench::LoadResult load =
-          moe::bench::RunClosedLoop((*live)->address(), prompts, concurrency, {max_tokens, task, /*ignore_eos=*/true});
+      std::vector<Figures> live_runs;
+      moe::bench::LoadResult load;
+      for (int run = 0; run < repeats; ++run) {
+        load = moe::bench::RunClosedLoop((*live)->address(), prompts, concurrency, {max_tokens, task, /*ignore_eos=*/true});
+        if (load.failures > 0) break;
+        live_runs.push_back(Measured(load));
+      }
       if (!(*live)->Stop().ok()) std::cerr << "moe-bench-sim-live: the cluster did not stop cleanly\n";
       if (load.failures > 0) return Fail(absl::StrCat(load.failures, " requests failed on ", workers, " workers"));
 
@@ -137,7 +156,7 @@ int main(int argc, char** argv) {
           moe::bench::SimulateClosedLoop(*config, shape, *cluster, load, concurrency, task_profile);
       if (!report.ok()) return Fail(report.status().ToString());
 
-      const Figures p = Predicted(*report), m = Measured(load);
+      const Figures p = Predicted(*report), m = MedianOf(live_runs);
       auto err = [&errors](double predicted, double measured) {
         const double e = measured > 0 ? (predicted - measured) / measured : 0;
         errors.push_back(std::abs(e));
