@@ -60,6 +60,14 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
                             2 * static_cast<uint64_t>(call.pass);
   const int32_t flags = call.pass == 0 && call.wants_repeat ? kWantsRepeatFlag : 0;
 
+  // Which worker runs each routed slot (-1: dropped), decided once per slot.
+  slot_owner_.resize(static_cast<size_t>(routing.num_tokens * k));
+  for (int64_t t = 0; t < routing.num_tokens; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = routing.experts[t * k + j];
+      slot_owner_[t * k + j] = e == kNoExpert ? -1 : shard_map_->OwnerFor(layer, e, t, me);
+    }
+  }
   // The experts of token t that `dest` runs, into experts/weights (unused entries -1 / 0); returns how many.
   std::vector<int32_t> experts(static_cast<size_t>(k));
   std::vector<float> weights(static_cast<size_t>(k));
@@ -67,7 +75,7 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
     int32_t n = 0;
     for (int64_t j = 0; j < k; ++j) {
       const int32_t e = routing.experts[t * k + j];
-      if (e == kNoExpert || shard_map_->OwnerFor(layer, e, t, me) != dest) continue;
+      if (slot_owner_[t * k + j] != dest) continue;
       experts[n] = e;
       weights[n] = routing.weights[t * k + j];
       ++n;

@@ -48,6 +48,7 @@ class DistributedExpertDispatcher : public ExpertDispatcher {
   // Per-layer buffers, kept across layers and steps (the hot path allocates nothing once warm).
   ExchangeBuffer dispatch_send_, dispatch_recv_, combine_send_, combine_recv_;
   std::vector<std::vector<int64_t>> sent_tokens_;  // [destination] token indices, in record order
+  std::vector<int> slot_owner_;                     // [token * top_k + slot] worker running it, -1: dropped
   std::vector<size_t> block_sizes_;
 };
 
