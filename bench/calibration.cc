@@ -48,18 +48,6 @@ std::vector<KernelPoint> MeasureKernel(int64_t hidden, int64_t ffn, DType weight
   return points;
 }
 
-absl::StatusOr<std::unique_ptr<grpc::Server>> StartLoopbackServer(grpc::Service* service, std::string* address) {
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(service);
-  ConfigureInternalServer(&builder);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) return absl::InternalError("calibration: cannot start a loopback gRPC server");
-  *address = absl::StrCat("127.0.0.1:", port);
-  return server;
-}
-
 // Median time of one all-to-all (the slowest rank's) with `bytes_per_peer` to every peer.
 absl::StatusOr<double> MeasureExchange(int ranks, size_t bytes_per_peer, int repeats) {
   std::vector<ExchangeOnlyService> services(static_cast<size_t>(ranks));

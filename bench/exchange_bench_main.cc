@@ -71,12 +71,11 @@ int main(int argc, char** argv) {
   };
   auto start_member = [&](bool same_host_reads) {
     auto m = std::make_unique<GrpcMember>();
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(&m->service);
-    moe::ConfigureInternalServer(&builder);
-    m->server = builder.BuildAndStart();
+    std::string address;
+    auto server = moe::StartLoopbackServer(&m->service, &address);
+    if (!server.ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+    m->server = std::move(*server);
+    const int port = std::stoi(address.substr(address.rfind(':') + 1));
     std::vector<int> ports(static_cast<size_t>(size));
     MPI_Allgather(&port, 1, MPI_INT, ports.data(), 1, MPI_INT, MPI_COMM_WORLD);
     std::vector<std::string> addresses;

@@ -4,6 +4,8 @@
 #define MOE_EXCHANGE_EXCHANGE_TEST_GROUPS_H_
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,13 +41,13 @@ class GrpcGroup : public Group {
     std::vector<std::string> addresses;
     for (int i = 0; i < size; ++i) {
       services_.push_back(std::make_unique<ExchangeOnlyService>());
-      grpc::ServerBuilder builder;
-      int port = 0;
-      builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-      builder.RegisterService(services_.back().get());
-      ConfigureInternalServer(&builder);
-      servers_.push_back(builder.BuildAndStart());
-      addresses.push_back("127.0.0.1:" + std::to_string(port));
+      addresses.emplace_back();
+      auto server = StartLoopbackServer(services_.back().get(), &addresses.back());
+      if (!server.ok()) {  // a test process that cannot listen on loopback cannot test anything
+        std::fprintf(stderr, "GrpcGroup: %s\n", std::string(server.status().message()).c_str());
+        std::abort();
+      }
+      servers_.push_back(std::move(*server));
     }
     for (int i = 0; i < size; ++i) {
       members_.push_back(std::make_unique<GrpcExchange>(i, /*epoch=*/7, addresses, timeout, same_host_reads));

@@ -53,6 +53,18 @@ void ConfigureInternalServer(grpc::ServerBuilder* builder) {
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kFrameBytes);
 }
 
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartLoopbackServer(grpc::Service* service, std::string* address) {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(service);
+  ConfigureInternalServer(&builder);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) return absl::InternalError("cannot start a loopback gRPC server");
+  *address = absl::StrCat("127.0.0.1:", port);
+  return server;
+}
+
 std::string EncodeExchangeHeader(const v1::ExchangeMessage& head, size_t payload_bytes) {
   std::string out = head.SerializeAsString();
   {

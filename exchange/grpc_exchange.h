@@ -37,6 +37,9 @@ namespace moe {
 grpc::ChannelArguments InternalChannelArguments();
 // The same settings for a server that internal peers call (workers, tests, benchmarks).
 void ConfigureInternalServer(grpc::ServerBuilder* builder);
+// Serves `service` with those settings on a free loopback port; `address` gets "127.0.0.1:PORT"
+// (tests and benchmarks that run exchange members in one process or one MPI job).
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartLoopbackServer(grpc::Service* service, std::string* address);
 
 // ExchangeMessage's wire bytes up to its payload's first byte: `head` (which has no payload), then the
 // payload field's key and length. Followed by `payload_bytes` bytes it parses as the full message.
