@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "bench/calibration.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "common/memory.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory whose shapes are measured");
@@ -22,10 +23,8 @@ ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16
 ABSL_FLAG(int32_t, repeats, 41, "samples per measurement (the median is kept)");
 
 namespace {
-int Fail(const std::string& m) {
-  std::cerr << "moe-calibrate: " << m << "\n";
-  return 1;
-}
+using moe::Fail;
+
 bool Write(const std::filesystem::path& path, const nlohmann::json& json) {
   std::ofstream out(path);
   out << json.dump(1) << "\n";
@@ -34,6 +33,7 @@ bool Write(const std::filesystem::path& path, const nlohmann::json& json) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::LogProgramName() = "moe-calibrate";
   moe::KeepLargeBuffersInTheHeap();  // as the workers whose exchange it measures
   moe::ParseFlags(argc, argv);
   moe::bench::CalibrationOptions options;

@@ -23,6 +23,7 @@
 #include "bench/load_client.h"
 #include "cluster/local_cluster.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "router/expert_map.h"
 
 ABSL_FLAG(std::string, model, "models/tiny-moe", "checkpoint directory");
@@ -41,10 +42,7 @@ namespace {
 namespace fs = std::filesystem;
 using moe::bench::Quantile;
 
-int Fail(const std::string& m) {
-  std::cerr << "moe-bench-sim-live: " << m << "\n";
-  return 1;
-}
+using moe::Fail;
 
 // The figures compared, live or simulated.
 struct Figures {
@@ -92,6 +90,7 @@ absl::StatusOr<std::string> EnsureExpertMap(const std::string& model, const fs::
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::LogProgramName() = "moe-bench-sim-live";
   moe::ParseFlags(argc, argv);
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   const fs::path calibration_dir = absl::GetFlag(FLAGS_calibration);

@@ -21,6 +21,12 @@ inline void LogLine(absl::string_view message) {
   std::fwrite(line.data(), 1, line.size(), stderr);
 }
 
+// A command's fatal error: logs `message` and returns exit status 1 (`return Fail(...)` in main).
+inline int Fail(absl::string_view message) {
+  LogLine(message);
+  return 1;
+}
+
 }  // namespace moe
 
 #endif  // MOE_COMMON_LOG_H_

@@ -59,13 +59,6 @@ CoordinatorServerOptions CoordinatorServerOptionsFromFlags() {
   return o;
 }
 
-namespace {
-int Fail(const std::string& message) {
-  LogLine(message);
-  return 1;
-}
-}  // namespace
-
 int RunCoordinator(const CoordinatorServerOptions& server_options, const std::atomic<bool>& stop,
                    const std::function<void(const std::string&)>& on_control_plane) {
   CoordinatorOptions options = server_options.coordinator;

@@ -8,6 +8,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "checkpoint/tokenizer.h"
@@ -25,16 +26,10 @@ ABSL_FLAG(int32_t, threads, 0, "worker threads (0 = one per core)");
 ABSL_FLAG(std::string, weights, "auto", "packed weight type: auto (as stored), bf16, f32");
 ABSL_FLAG(bool, print_ids, false, "also print the generated token ids on stderr");
 
-namespace {
-
-int Fail(const std::string& message) {
-  std::cerr << "moe-generate: " << message << "\n";
-  return 1;
-}
-
-}  // namespace
+using moe::Fail;
 
 int main(int argc, char** argv) {
+  moe::LogProgramName() = "moe-generate";
   moe::ParseFlags(argc, argv);
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (dir.empty()) return Fail("--model is required");

@@ -10,6 +10,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "eval/cluster_backend.h"
 #include "eval/engine_backend.h"
 
@@ -38,15 +39,14 @@ ABSL_FLAG(int32_t, threads, 0, "threads (0 = one per core)");
 ABSL_FLAG(bool, print_usage, false, "print, per MoE layer, the share of each task's tokens routed to each expert");
 
 namespace {
-int Fail(const std::string& m) {
-  std::cerr << "moe-eval: " << m << "\n";
-  return 1;
-}
+using moe::Fail;
+
 int Report(const std::vector<moe::TaskResult>& results, double all2all_bytes_per_token);
 void PrintUsage(const std::vector<moe::TaskResult>& results);
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::LogProgramName() = "moe-eval";
   moe::ParseFlags(argc, argv);
   const std::string backend_name = absl::GetFlag(FLAGS_backend);
   if (backend_name != "engine" && backend_name != "cluster") return Fail("--backend must be engine or cluster");

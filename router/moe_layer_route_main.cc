@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "checkpoint/tokenizer.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "eval/task_suite.h"
 #include "router/layer_router.h"
 #include "router/layer_search.h"
@@ -36,16 +37,10 @@ ABSL_FLAG(std::string, name, "", "router set name (default: the --out directory'
 ABSL_FLAG(uint64_t, seed, 1, "search and training seed");
 ABSL_FLAG(int32_t, threads, 0, "threads (0 = one per core)");
 
-namespace {
-
-int Fail(const std::string& m) {
-  std::cerr << "moe-layer-route: " << m << "\n";
-  return 1;
-}
-
-}  // namespace
+using moe::Fail;
 
 int main(int argc, char** argv) {
+  moe::LogProgramName() = "moe-layer-route";
   moe::ParseFlags(argc, argv);
   if (absl::GetFlag(FLAGS_model).empty()) return Fail("--model is required");
   if (absl::GetFlag(FLAGS_examples) < 1 || absl::GetFlag(FLAGS_simulations) < 1 || absl::GetFlag(FLAGS_batch) < 1 ||

@@ -18,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "checkpoint/tokenizer.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "eval/task_suite.h"
 #include "router/expert_map.h"
 #include "router/pruning.h"
@@ -36,10 +37,7 @@ ABSL_FLAG(int32_t, threads, 0, "threads (0 = one per core)");
 
 namespace {
 
-int Fail(const std::string& m) {
-  std::cerr << "moe-prune: " << m << "\n";
-  return 1;
-}
+using moe::Fail;
 
 std::string Members(const moe::LayerExpertMap& lm) {
   std::string s;
@@ -57,6 +55,7 @@ std::string Members(const moe::LayerExpertMap& lm) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::LogProgramName() = "moe-prune";
   moe::ParseFlags(argc, argv);
   if (absl::GetFlag(FLAGS_model).empty()) return Fail("--model is required");
   std::vector<int64_t> factors, kept_counts;

@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "simulation/planner.h"
 
 ABSL_FLAG(std::string, cluster, "", "base cluster JSON: device, topology shape, batching, device_hour_cost");
@@ -27,10 +28,8 @@ ABSL_FLAG(double, bytes_per_weight, 2, "weight precision as served");
 ABSL_FLAG(double, activation_bytes, 2, "bytes per hidden-state element on the wire");
 
 namespace {
-int Fail(const std::string& m) {
-  std::cerr << "moe-plan: " << m << "\n";
-  return 1;
-}
+using moe::Fail;
+
 template <typename T>
 bool ParseList(const std::vector<std::string>& in, std::vector<T>* out) {
   for (const std::string& s : in) {
@@ -43,6 +42,7 @@ bool ParseList(const std::vector<std::string>& in, std::vector<T>* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::LogProgramName() = "moe-plan";
   moe::ParseFlags(argc, argv);
   if (absl::GetFlag(FLAGS_cluster).empty() || absl::GetFlag(FLAGS_model).empty() || absl::GetFlag(FLAGS_workload).empty()) {
     return Fail("--cluster, --model and --workload are required");

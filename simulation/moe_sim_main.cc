@@ -8,6 +8,7 @@
 
 #include "absl/flags/flag.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "simulation/report.h"
 #include "simulation/serving.h"
 #include "simulation/workload.h"
@@ -22,10 +23,8 @@ ABSL_FLAG(double, bytes_per_weight, 2, "weight precision as served (the CPU engi
 ABSL_FLAG(double, activation_bytes, 2, "bytes per hidden-state element on the wire (the CPU cluster: 4)");
 
 namespace {
-int Fail(const std::string& m) {
-  std::cerr << "moe-sim: " << m << "\n";
-  return 1;
-}
+using moe::Fail;
+
 bool Write(const std::string& path, const std::string& text) {
   std::ofstream out(path);
   out << text;
@@ -34,6 +33,7 @@ bool Write(const std::string& path, const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::LogProgramName() = "moe-sim";
   moe::ParseFlags(argc, argv);
   if (absl::GetFlag(FLAGS_cluster).empty() || absl::GetFlag(FLAGS_model).empty() || absl::GetFlag(FLAGS_workload).empty()) {
     return Fail("--cluster, --model and --workload are required");
