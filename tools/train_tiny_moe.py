@@ -3,11 +3,12 @@
 on the synthetic task suite, with a character-level SentencePiece tokenizer and a load-balancing
 auxiliary loss. CPU only (Debian's python3-torch; BF16 autocast, which runs through oneDNN), fixed seeds.
 
-  /usr/bin/python3 tools/train_tiny_moe.py [--tasks data/tasks] [--out models/tiny-moe] [--steps 5500]
+  /usr/bin/python3 tools/train_tiny_moe.py [--tasks data/tasks] [--out models/tiny-moe] [--steps 4800]
 
 Writes config.json, model.safetensors (BF16) and tokenizer.model in the Hugging Face layout.
 """
 import argparse
+import ctypes
 import glob
 import json
 import math
@@ -168,15 +169,37 @@ def encode(sp, row):
     return [BOS] + p + a, len(p) + 1
 
 
+def lookup_prompt_targets(sp, seq, plen):
+    """Training-only targets at a lookup prompt's own positions, where what the model predicts is never
+    used (the prompt is given): each value names its key, and the query key names its value.
+
+    Lookup ("get f7 b8 h7 d6 f=" -> "7") needs two attention steps that only pay off together: a value
+    position must carry its key (the previous token), and the answer position must find the value whose
+    key is the query. Trained on the answer alone the model sits at "some value of the prompt": the model
+    shipped before these targets reached 0.585 on test after 5,500 steps, and no attention head of it
+    looked at the previous token. In lookup-only development probes (batch 64) the answer-only loss
+    stayed at 0.28-0.42 dev accuracy after 500-1,500 steps whatever we changed (learning rate 5e-3,
+    8 heads, six queries per prompt, the query key last, values before keys); with these targets each
+    step has its own gradient, and the same probe reached 0.98 at step 300. --no-lookup-prompt-targets
+    trains without them. Returns {position: target token}."""
+    digits = set(sp.encode("0123456789"))
+    targets = {i: seq[i - 1] for i in range(2, plen - 2) if seq[i] in digits and seq[i - 1] not in digits}
+    targets[plen - 2] = seq[plen]  # the query key, just before '=': the answer
+    return targets
+
+
 def make_batch(examples):
-    t = max(len(ids) for ids, _ in examples)
+    """examples: (token ids, prompt length incl. BOS, extra {position: target} inside the prompt)."""
+    t = max(len(ids) for ids, _, _ in examples)
     ids = torch.zeros(len(examples), t, dtype=torch.long)
     target = torch.full((len(examples), t), -100, dtype=torch.long)
     valid = torch.zeros(len(examples), t, dtype=torch.bool)
-    for i, (seq, plen) in enumerate(examples):
+    for i, (seq, plen, prompt_targets) in enumerate(examples):
         ids[i, :len(seq)] = torch.tensor(seq)
         valid[i, :len(seq)] = True
-        target[i, plen - 1:len(seq) - 1] = torch.tensor(seq[plen:])  # predict answer + EOS only
+        target[i, plen - 1:len(seq) - 1] = torch.tensor(seq[plen:])  # the answer + EOS
+        for position, token in prompt_targets.items():
+            target[i, position] = token
     return ids, target, valid
 
 
@@ -224,22 +247,35 @@ def save_safetensors(model, path):
             f.write(raw)
 
 
+def keep_freed_memory():
+    """Every step allocates and frees the same large activation buffers. glibc hands big blocks back to
+    the kernel (mmap/munmap, heap trimming), and on this VM the page faults of getting them back can
+    double a step (0.60 s against 0.31 s at batch 128, measured side by side). Keep them in the heap."""
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     ap.add_argument("--tasks", default=os.path.join(root, "data", "tasks"))
     ap.add_argument("--out", default=os.path.join(root, "models", "tiny-moe"))
-    ap.add_argument("--steps", type=int, default=5500)
+    ap.add_argument("--steps", type=int, default=4800)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--aux", type=float, default=0.02)
-    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--no-lookup-prompt-targets", dest="lookup_prompt_targets", action="store_false",
+                    help="train lookup on its answer only (the ablation: lookup stays near 0.6 on dev)")
     ap.add_argument("--task-weights", default="",
                     help="oversample tasks, e.g. binary=3,lookup=3 (integer weights; default 1 each)")
     args = ap.parse_args()
     random.seed(0)
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
+    keep_freed_memory()
     if not glob.glob(os.path.join(args.tasks, "*", "train.jsonl")):
         subprocess.check_call([sys.executable, os.path.join(root, "tools", "make_tasks.py"), "--out", args.tasks])
     train, dev = load_tasks(args.tasks, "train"), load_tasks(args.tasks, "dev")
@@ -258,7 +294,12 @@ def main():
     for item in filter(None, args.task_weights.split(",")):
         task, w = item.split("=")
         weights[task] = int(w)
-    examples = [encode(sp, r) for t, rows in train.items() for _ in range(weights[t]) for r in rows]
+    examples = []
+    for t, rows in train.items():
+        for r in rows:
+            seq, plen = encode(sp, r)
+            extra = lookup_prompt_targets(sp, seq, plen) if t == "lookup" and args.lookup_prompt_targets else {}
+            examples += [(seq, plen, extra)] * weights[t]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = 200
     sched = torch.optim.lr_scheduler.LambdaLR(
