@@ -3,7 +3,7 @@
 // to predict the live local cluster: calibration.json (the raw figures) and one moe-sim cluster file per
 // worker count, this-machine-<N>w.json.
 //   build/bin/moe-calibrate --model models/tiny-moe [--out build/calibration] [--workers 1,2,4]
-//                           [--weights bf16|f32] [--repeats 41]
+//                           [--weights bf16|f32] [--repeats 41] [--probe-runs 5]
 // Exit status: 0 written, 1 bad flags or a failed measurement.
 #include <filesystem>
 #include <fstream>
@@ -21,6 +21,7 @@ ABSL_FLAG(std::string, out, "build/calibration", "directory for calibration.json
 ABSL_FLAG(std::vector<std::string>, workers, std::vector<std::string>({"1", "2", "4"}), "worker counts");
 ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
 ABSL_FLAG(int32_t, repeats, 41, "samples per measurement (the median is kept)");
+ABSL_FLAG(int32_t, probe_runs, 5, "closed-loop runs of each live probe (the medians are kept)");
 
 namespace {
 using moe::Fail;
@@ -44,7 +45,8 @@ int main(int argc, char** argv) {
   if (!weight_type) return Fail("--weights must be bf16 or f32");
   options.weight_type = *weight_type;
   options.repeats = absl::GetFlag(FLAGS_repeats);
-  if (options.repeats < 1) return Fail("--repeats must be >= 1");
+  options.probe_runs = absl::GetFlag(FLAGS_probe_runs);
+  if (options.repeats < 1 || options.probe_runs < 1) return Fail("--repeats and --probe-runs must be >= 1");
   options.workers.clear();
   for (const std::string& w : absl::GetFlag(FLAGS_workers)) {
     int n = 0;

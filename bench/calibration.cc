@@ -99,37 +99,58 @@ absl::StatusOr<double> MeasureExchange(int ranks, size_t bytes_per_peer, int rep
 constexpr int kProbeConcurrency[] = {1, 8};
 constexpr int kProbeRequestsPerClient = 12, kProbePromptTokens = 12, kProbeMaxTokens = 32;
 
-absl::StatusOr<std::vector<LoadResult>> RunProbes(const std::string& model_dir, const ModelConfig& config, int workers) {
+// One probe's load, repeated: the requests' shapes (the same every run: answers of exactly
+// kProbeMaxTokens) and, over the runs, the median decode time per token and the median TTFT p50.
+struct ProbeRuns {
+  int concurrency = 0;
+  LoadResult shapes;
+  double inter_token_s = 0, ttft_p50_s = 0;
+};
+
+absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, const ModelConfig& config, int workers,
+                                                 int runs) {
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<LocalCluster> live,
                        LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"}));
-  std::vector<LoadResult> loads;
+  std::vector<ProbeRuns> probes;
   for (int concurrency : kProbeConcurrency) {
     const std::vector<std::vector<int32_t>> prompts = RandomPrompts(
         config.vocab_size, config.bos_token_id, concurrency * kProbeRequestsPerClient, kProbePromptTokens, /*seed=*/7);
     RunClosedLoop(live->address(), {prompts[0]}, 1, {2, "", true});  // warm-up: connections, first touch
-    loads.push_back(RunClosedLoop(live->address(), prompts, concurrency, {kProbeMaxTokens, "", /*ignore_eos=*/true}));
-    if (loads.back().failures > 0) {
-      return absl::InternalError(absl::StrCat("calibration: ", loads.back().failures, " probe requests failed"));
+    ProbeRuns& probe = probes.emplace_back();
+    probe.concurrency = concurrency;
+    std::vector<double> inter_token, ttft_p50;
+    for (int run = 0; run < runs; ++run) {
+      LoadResult load = RunClosedLoop(live->address(), prompts, concurrency, {kProbeMaxTokens, "", /*ignore_eos=*/true});
+      if (load.failures > 0) {
+        return absl::InternalError(absl::StrCat("calibration: ", load.failures, " probe requests failed"));
+      }
+      std::vector<double> ttft;
+      for (const RequestTiming& r : load.answered) ttft.push_back(r.ttft_s);
+      inter_token.push_back(load.mean_inter_token_s());
+      ttft_p50.push_back(Quantile(ttft, 0.5));
+      if (run == 0) probe.shapes = std::move(load);
     }
+    probe.inter_token_s = Quantile(inter_token, 0.5);
+    probe.ttft_p50_s = Quantile(ttft_p50, 0.5);
   }
   MOE_RETURN_IF_ERROR(live->Stop());
-  return loads;
+  return probes;
 }
 
 // What the simulator, given the kernel and exchange figures, leaves unexplained in each probe's decode
 // time per token is step + concurrency x sequence; two probes give both. Then what it leaves of the
 // one-client probe's TTFT is the request's own overhead.
 absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShape& shape, const Calibration& c,
-                                 const std::vector<LoadResult>& loads, WorkerCountCosts* costs) {
+                                 const std::vector<ProbeRuns>& probes, WorkerCountCosts* costs) {
   WorkerCountCosts bare = *costs;
   bare.step_overhead_s = bare.sequence_overhead_s = bare.request_overhead_s = 0;
   MOE_ASSIGN_OR_RETURN(sim::ClusterSpec cluster,
                        sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, bare).dump(), "calibration", ""));
   costs->probes.clear();
-  for (size_t i = 0; i < loads.size(); ++i) {
+  for (const ProbeRuns& probe : probes) {
     MOE_ASSIGN_OR_RETURN(sim::SimReport report,
-                         SimulateClosedLoop(config, shape, cluster, loads[i], kProbeConcurrency[i], std::nullopt));
-    costs->probes.push_back({kProbeConcurrency[i], loads[i].mean_inter_token_s(), report.inter_token.MeanSeconds()});
+                         SimulateClosedLoop(config, shape, cluster, probe.shapes, probe.concurrency, std::nullopt));
+    costs->probes.push_back({probe.concurrency, probe.inter_token_s, report.inter_token.MeanSeconds()});
   }
   const ServingProbe& one = costs->probes[0];
   const ServingProbe& many = costs->probes[1];
@@ -138,10 +159,8 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
   costs->step_overhead_s = std::max(0.0, gap_one - one.concurrency * costs->sequence_overhead_s);
   MOE_ASSIGN_OR_RETURN(cluster, sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, *costs).dump(), "calibration", ""));
   MOE_ASSIGN_OR_RETURN(sim::SimReport report,
-                       SimulateClosedLoop(config, shape, cluster, loads[0], kProbeConcurrency[0], std::nullopt));
-  std::vector<double> ttft;
-  for (const RequestTiming& r : loads[0].answered) ttft.push_back(r.ttft_s);
-  costs->request_overhead_s = std::max(0.0, Quantile(ttft, 0.5) - report.ttft.Percentile(0.5));
+                       SimulateClosedLoop(config, shape, cluster, probes[0].shapes, probes[0].concurrency, std::nullopt));
+  costs->request_overhead_s = std::max(0.0, probes[0].ttft_p50_s - report.ttft.Percentile(0.5));
   return absl::OkStatus();
 }
 
@@ -156,10 +175,10 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
   c.matmul_in_features = config->hidden_size;
   c.matmul_out_features = config->expert_ffn_size;
   c.weight_type = options.weight_type;
-  std::vector<std::vector<LoadResult>> probe_loads;
+  std::vector<std::vector<ProbeRuns>> probe_runs;
   for (int workers : options.workers) {
     if (workers < 1) return absl::InvalidArgumentError("calibration: worker counts must be >= 1");
-    MOE_ASSIGN_OR_RETURN(probe_loads.emplace_back(), RunProbes(options.model_dir, *config, workers));
+    MOE_ASSIGN_OR_RETURN(probe_runs.emplace_back(), RunProbes(options.model_dir, *config, workers, options.probe_runs));
   }
   c.kernel = MeasureKernel(c.matmul_in_features, c.matmul_out_features, options.weight_type, options.repeats);
 
@@ -183,7 +202,7 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
   }
   const sim::ModelShape shape = ServedShape(*config, options.model_dir, options.weight_type);
   for (size_t i = 0; i < c.per_workers.size(); ++i) {
-    MOE_RETURN_IF_ERROR(FitServingOverheads(*config, shape, c, probe_loads[i], &c.per_workers[i]));
+    MOE_RETURN_IF_ERROR(FitServingOverheads(*config, shape, c, probe_runs[i], &c.per_workers[i]));
   }
   return c;
 }

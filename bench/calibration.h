@@ -11,9 +11,10 @@
 //   - the serving stack's own software cost per step and per sequence in a step (the coordinator's
 //     scheduling, Step RPCs, sampling, streaming each token to its client) and per request (the call's
 //     set-up): two probes of a real local cluster of N workers, one client and then eight clients sending
-//     one short request at a time. What the simulator, given the kernel and exchange figures, does not
-//     account for in each probe's decode time per token is split into a fixed and a per-sequence part
-//     (two equations, two unknowns); what it then leaves of the one-client probe's TTFT is per request.
+//     one short request at a time, each load run several times (medians). What the simulator, given the
+//     kernel and exchange figures, does not account for in each probe's decode time per token is split
+//     into a fixed and a per-sequence part (two equations, two unknowns); what it then leaves of the
+//     one-client probe's TTFT is per request.
 #ifndef MOE_BENCH_CALIBRATION_H_
 #define MOE_BENCH_CALIBRATION_H_
 
@@ -67,6 +68,7 @@ struct CalibrationOptions {
   std::vector<int> workers = {1, 2, 4};
   DType weight_type = DType::kBF16;  // how the workers store the weights (the checkpoint's type)
   int repeats = 41;
+  int probe_runs = 5;  // closed-loop runs per probe; the fit takes the medians of their figures
 };
 
 // INVALID_ARGUMENT for an unreadable model config or a worker count < 1; INTERNAL when a loopback
