@@ -1,5 +1,6 @@
 #include "worker/distributed_dispatcher.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -60,12 +61,18 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
                             2 * static_cast<uint64_t>(call.pass);
   const int32_t flags = call.pass == 0 && call.wants_repeat ? kWantsRepeatFlag : 0;
 
-  // Which worker runs each routed slot (-1: dropped), decided once per slot.
+  // 1. Plan: which worker runs each routed slot (-1: dropped), decided once per slot, and for each
+  // destination the tokens it gets (in token order, once however many of their slots it runs).
   slot_owner_.resize(static_cast<size_t>(routing.num_tokens * k));
+  sent_tokens_.resize(static_cast<size_t>(peers));
+  for (auto& tokens : sent_tokens_) tokens.clear();
   for (int64_t t = 0; t < routing.num_tokens; ++t) {
+    const int* owners = slot_owner_.data() + t * k;
     for (int64_t j = 0; j < k; ++j) {
       const int32_t e = routing.experts[t * k + j];
-      slot_owner_[t * k + j] = e == kNoExpert ? -1 : shard_map_->OwnerFor(layer, e, t, me);
+      const int owner = e == kNoExpert ? -1 : shard_map_->OwnerFor(layer, e, t, me);
+      slot_owner_[t * k + j] = owner;
+      if (owner >= 0 && std::find(owners, owners + j, owner) == owners + j) sent_tokens_[owner].push_back(t);
     }
   }
   // The experts of token t that `dest` runs, into experts/weights (unused entries -1 / 0); returns how many.
@@ -87,14 +94,7 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
     return n;
   };
 
-  // 1. Plan: for each destination, the tokens it gets; then write every record into its block.
-  sent_tokens_.resize(static_cast<size_t>(peers));
-  for (auto& tokens : sent_tokens_) tokens.clear();
-  for (int64_t t = 0; t < routing.num_tokens; ++t) {
-    for (int dest = 0; dest < peers; ++dest) {
-      if (experts_at(t, dest) > 0) sent_tokens_[dest].push_back(t);
-    }
-  }
+  // Then write every record into its destination's block.
   block_sizes_.resize(static_cast<size_t>(peers));
   for (int dest = 0; dest < peers; ++dest) block_sizes_[dest] = kHeaderBytes + sent_tokens_[dest].size() * rec.bytes();
   dispatch_send_.Layout(block_sizes_);
