@@ -63,7 +63,7 @@ int RunCoordinator(const CoordinatorServerOptions& server_options, const std::at
                    const std::function<void(const std::string&)>& on_control_plane) {
   CoordinatorOptions options = server_options.coordinator;
   if (options.model_dir.empty()) return Fail("--model is required");
-  if (absl::Status s = CheckDataPlane(server_options.data_plane); !s.ok()) return Fail(std::string(s.message()));
+  if (absl::Status s = CheckDataPlane(server_options.data_plane); !s.ok()) return Fail(s.message());
   if (!options.make_communicator_id) options.make_communicator_id = CommunicatorIdFactory(server_options.data_plane);
   if (!server_options.expert_load_file.empty()) {
     auto config = ModelConfig::FromFile(options.model_dir + "/config.json");

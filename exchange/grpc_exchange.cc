@@ -25,8 +25,15 @@ namespace {
 // HTTP/2 flow control and framing for the data plane. gRPC's defaults (64 KB initial windows grown by
 // BDP probes, 16 KB frames) pace a multi-megabyte block by window updates; internal peers are trusted
 // and the exchange bounds its own memory, so the windows start large and stay large.
-constexpr int kWindowBytes = 64 << 20;
-constexpr int kFrameBytes = (16 << 20) - 1;  // the largest HTTP/2 allows
+struct IntArgument {
+  const char* name;
+  int value;
+};
+constexpr IntArgument kInternalHttp2Arguments[] = {
+    {GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20},
+    {GRPC_ARG_HTTP2_BDP_PROBE, 0},
+    {GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1},  // the largest frame HTTP/2 allows
+};
 
 const std::string& ExchangeMethod() {
   static const std::string* method = new std::string(absl::StrCat("/", v1::Worker::service_full_name(), "/Exchange"));
@@ -39,18 +46,14 @@ grpc::ChannelArguments InternalChannelArguments() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kWindowBytes);
-  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kFrameBytes);
+  for (const IntArgument& a : kInternalHttp2Arguments) args.SetInt(a.name, a.value);
   return args;
 }
 
 void ConfigureInternalServer(grpc::ServerBuilder* builder) {
   builder->SetMaxReceiveMessageSize(-1);
   builder->SetMaxSendMessageSize(-1);
-  builder->AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kWindowBytes);
-  builder->AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kFrameBytes);
+  for (const IntArgument& a : kInternalHttp2Arguments) builder->AddChannelArgument(a.name, a.value);
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartLoopbackServer(grpc::Service* service, std::string* address) {

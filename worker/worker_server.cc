@@ -43,13 +43,9 @@ WorkerServerOptions WorkerServerOptionsFromFlags() {
 
 int RunWorker(const WorkerServerOptions& options, const std::atomic<bool>& stop) {
   if (options.coordinator.empty() || options.model_dir.empty()) {
-    LogLine("--coordinator and --model are required");
-    return 1;
+    return Fail("--coordinator and --model are required");
   }
-  if (absl::Status s = CheckDataPlane(options.data_plane); !s.ok()) {
-    LogLine(std::string(s.message()));
-    return 1;
-  }
+  if (absl::Status s = CheckDataPlane(options.data_plane); !s.ok()) return Fail(s.message());
   WorkerService service({options.model_dir, options.threads, options.exchange_timeout, options.make_exchange});
   grpc::ServerBuilder builder;
   int port = 0;
@@ -57,10 +53,7 @@ int RunWorker(const WorkerServerOptions& options, const std::atomic<bool>& stop)
   builder.RegisterService(&service);
   ConfigureInternalServer(&builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    LogLine(absl::StrCat("cannot listen on ", options.listen));
-    return 1;
-  }
+  if (server == nullptr || port == 0) return Fail(absl::StrCat("cannot listen on ", options.listen));
   std::string advertise = options.advertise_host;
   if (advertise.empty()) advertise = DialableHost(options.listen.substr(0, options.listen.rfind(':')));
   const std::string address = absl::StrCat(advertise, ":", port);
