@@ -59,17 +59,24 @@ int main(int argc, char** argv) {
   std::cout << absl::StrFormat("%d cores; matmul [%d x %d] %s weights, 1 thread:\n| rows | GFLOP/s |\n|---|---|\n", c->cores,
                                c->matmul_out_features, c->matmul_in_features, weights);
   for (const auto& p : c->kernel) std::cout << absl::StrFormat("| %d | %.2f |\n", p.rows, p.flops_per_s / 1e9);
-  std::cout << "| workers | gRPC all-to-all latency us | gRPC all-to-all GB/s per rank | probe ms/token (live, simulated) | "
-               "step overhead us | per-sequence overhead us | per-request overhead us |\n|---|---|---|---|---|---|---|\n";
+  std::cout << "| workers | gRPC all-to-all latency us | gRPC all-to-all GB/s per rank | prefill per-step us | prefill per-row us | intake us |\n"
+               "|---|---|---|---|---|---|\n";
   for (const auto& w : c->per_workers) {
-    std::string probes;
-    for (const auto& p : w.probes) {
-      absl::StrAppendFormat(&probes, "%s%d clients: %.2f, %.2f", probes.empty() ? "" : "; ", p.concurrency, p.measured_s * 1e3,
-                            p.simulated_s * 1e3);
-    }
-    std::cout << absl::StrFormat("| %d | %.0f | %.3f | %s | %.0f | %.0f | %.0f |\n", w.workers, w.exchange_latency_s * 1e6,
-                                 w.exchange_bandwidth / 1e9, probes, w.step_overhead_s * 1e6, w.sequence_overhead_s * 1e6,
+    std::cout << absl::StrFormat("| %d | %.0f | %.3f | %.0f | %.0f | %.0f |\n", w.workers, w.exchange_latency_s * 1e6,
+                                 w.exchange_bandwidth / 1e9, w.prefill_step_overhead_s * 1e6, w.prefill_row_overhead_s * 1e6,
                                  w.request_overhead_s * 1e6);
+  }
+  std::cout << "| workers | clients | decode ms/token live | sim | client TTFT p50 ms live | sim | coordinator mean TTFT ms live | sim | "
+               "fitted step overhead us | fitted token delivery us |\n|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const auto& w : c->per_workers) {
+    for (size_t i = 0; i < w.probes.size(); ++i) {
+      const auto& p = w.probes[i];
+      std::cout << absl::StrFormat("| %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f |\n", w.workers, p.concurrency,
+                                   p.measured.decode_s * 1e3, p.simulated.decode_s * 1e3, p.measured.client_ttft_p50_s * 1e3,
+                                   p.simulated.client_ttft_p50_s * 1e3, p.measured.coordinator_ttft_s * 1e3,
+                                   p.simulated.coordinator_ttft_s * 1e3, w.step_overhead_curve_s[i].second * 1e6,
+                                   w.token_delivery_curve_s[i].second * 1e6);
+    }
   }
   const std::filesystem::path out = absl::GetFlag(FLAGS_out);
   std::error_code ec;

@@ -93,19 +93,31 @@ absl::StatusOr<double> MeasureExchange(int ranks, size_t bytes_per_peer, int rep
   return Quantile(slowest, 0.5);
 }
 
-// The probes: one client, then eight, each sending one request (a 12-token prompt, 32 new tokens)
-// at a time, on a fresh local cluster of `workers` workers. Run before any in-process measurement, so
-// no lingering gRPC thread of this process competes with the cluster.
-constexpr int kProbeConcurrency[] = {1, 8};
-constexpr int kProbeRequestsPerClient = 12, kProbePromptTokens = 12, kProbeMaxTokens = 32;
+// The probes: 1, 4, 8 and 24 clients (around the 16 of moe-bench-sim-live's load), each sending one
+// request (a 12-token prompt, 32 new tokens) at a time, max(12, 4 x clients) requests per run, on a fresh
+// local cluster of `workers` workers. Run before any in-process measurement, so no lingering gRPC
+// thread of this process competes with the cluster.
+constexpr int kProbeConcurrency[] = {1, 4, 8, 24};
+constexpr int kProbePromptTokens = 12, kProbeMaxTokens = 32;
+int ProbeRequests(int concurrency) { return std::max(12, 4 * concurrency); }
 
 // One probe's load, repeated: the requests' shapes (the same every run: answers of exactly
-// kProbeMaxTokens) and, over the runs, the median decode time per token and the median TTFT p50.
+// kProbeMaxTokens) and, over the runs, the medians of the clients' mean decode time per token and
+// median TTFT, and of the coordinator's mean TTFT.
 struct ProbeRuns {
   int concurrency = 0;
   LoadResult shapes;
-  double inter_token_s = 0, ttft_p50_s = 0;
+  double inter_token_s = 0, client_ttft_p50_s = 0, coordinator_ttft_s = 0;
 };
+
+// The coordinator's TTFT histogram totals: (sum of seconds, count).
+absl::StatusOr<std::pair<double, double>> CoordinatorTtft(const LocalCluster& cluster) {
+  MOE_ASSIGN_OR_RETURN(std::string page, HttpGet(cluster.metrics_url(), std::chrono::seconds(10)));
+  const double sum = MetricValue(page, "moe_time_to_first_token_seconds_sum");
+  const double count = MetricValue(page, "moe_time_to_first_token_seconds_count");
+  if (sum < 0 || count < 0) return absl::InternalError("calibration: the coordinator's /metrics has no TTFT histogram");
+  return std::make_pair(sum, count);
+}
 
 absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, const ModelConfig& config, int workers,
                                                  int runs) {
@@ -114,54 +126,118 @@ absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, c
   std::vector<ProbeRuns> probes;
   for (int concurrency : kProbeConcurrency) {
     const std::vector<std::vector<int32_t>> prompts = RandomPrompts(
-        config.vocab_size, config.bos_token_id, concurrency * kProbeRequestsPerClient, kProbePromptTokens, /*seed=*/7);
+        config.vocab_size, config.bos_token_id, ProbeRequests(concurrency), kProbePromptTokens, /*seed=*/7);
     RunClosedLoop(live->address(), {prompts[0]}, 1, {2, "", true});  // warm-up: connections, first touch
     ProbeRuns& probe = probes.emplace_back();
     probe.concurrency = concurrency;
-    std::vector<double> inter_token, ttft_p50;
+    std::vector<double> inter_token, client_ttft, coordinator_ttft;
     for (int run = 0; run < runs; ++run) {
+      MOE_ASSIGN_OR_RETURN(const auto before, CoordinatorTtft(*live));
       LoadResult load = RunClosedLoop(live->address(), prompts, concurrency, {kProbeMaxTokens, "", /*ignore_eos=*/true});
       if (load.failures > 0) {
         return absl::InternalError(absl::StrCat("calibration: ", load.failures, " probe requests failed"));
       }
+      MOE_ASSIGN_OR_RETURN(const auto after, CoordinatorTtft(*live));
+      if (after.second <= before.second) return absl::InternalError("calibration: the coordinator counted no first tokens");
       std::vector<double> ttft;
       for (const RequestTiming& r : load.answered) ttft.push_back(r.ttft_s);
       inter_token.push_back(load.mean_inter_token_s());
-      ttft_p50.push_back(Quantile(ttft, 0.5));
+      client_ttft.push_back(Quantile(ttft, 0.5));
+      coordinator_ttft.push_back((after.first - before.first) / (after.second - before.second));
       if (run == 0) probe.shapes = std::move(load);
     }
     probe.inter_token_s = Quantile(inter_token, 0.5);
-    probe.ttft_p50_s = Quantile(ttft_p50, 0.5);
+    probe.client_ttft_p50_s = Quantile(client_ttft, 0.5);
+    probe.coordinator_ttft_s = Quantile(coordinator_ttft, 0.5);
   }
   MOE_RETURN_IF_ERROR(live->Stop());
   return probes;
 }
 
-// What the simulator, given the kernel and exchange figures, leaves unexplained in each probe's decode
-// time per token is step + concurrency x sequence; two probes give both. Then what it leaves of the
-// one-client probe's TTFT is the request's own overhead.
+// The serving costs: started from what the simulator without them leaves unexplained, then corrected
+// by what the simulator with them still misses, for kFitRounds rounds:
+//   - each probe's point of the step-overhead curve by its decode time (the points sit at the sequences
+//     per step the simulator runs the probe with);
+//   - the prefill costs by the coordinator TTFT of the one-client probe (one prefill step of one
+//     prompt, nothing else running) and of the busiest probe (prefill steps of several prompts): per
+//     step and per row (two probes, two unknowns, at the rows per prefill step the simulator saw);
+//   - each probe's point of the token-delivery curve by its clients' median TTFT, with the intake fixed
+//     at half the one-client front end (client TTFT - coordinator TTFT).
+constexpr int kFitRounds = 8;
+
 absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShape& shape, const Calibration& c,
-                                 const std::vector<ProbeRuns>& probes, WorkerCountCosts* costs) {
-  WorkerCountCosts bare = *costs;
-  bare.step_overhead_s = bare.sequence_overhead_s = bare.request_overhead_s = 0;
-  MOE_ASSIGN_OR_RETURN(sim::ClusterSpec cluster,
-                       sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, bare).dump(), "calibration", ""));
-  costs->probes.clear();
-  for (const ProbeRuns& probe : probes) {
+                                 const std::vector<ProbeRuns>& runs, WorkerCountCosts* costs) {
+  struct Simulated {
+    ProbeFigures figures;
+    double rows_per_prefill_step = 0, sequences_per_step = 0;
+  };
+  auto simulate = [&](const ProbeRuns& probe) -> absl::StatusOr<Simulated> {
+    MOE_ASSIGN_OR_RETURN(sim::ClusterSpec cluster,
+                         sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, *costs).dump(), "calibration", ""));
     MOE_ASSIGN_OR_RETURN(sim::SimReport report,
                          SimulateClosedLoop(config, shape, cluster, probe.shapes, probe.concurrency, std::nullopt));
-    costs->probes.push_back({probe.concurrency, probe.inter_token_s, report.inter_token.MeanSeconds()});
+    return Simulated{{report.inter_token.MeanSeconds(), report.ttft.Percentile(0.5), report.coordinator_ttft.MeanSeconds()},
+                     static_cast<double>(report.prefill_rows) / std::max<double>(1, static_cast<double>(report.prefill_steps)),
+                     static_cast<double>(report.tokens) / std::max<double>(1, static_cast<double>(report.steps))};
+  };
+  *costs = WorkerCountCosts{costs->workers, costs->exchange_latency_s, costs->exchange_bandwidth};
+  for (const ProbeRuns& probe : runs) {
+    costs->probes.push_back({probe.concurrency, {probe.inter_token_s, probe.client_ttft_p50_s, probe.coordinator_ttft_s}, {}});
   }
-  const ServingProbe& one = costs->probes[0];
-  const ServingProbe& many = costs->probes[1];
-  const double gap_one = one.measured_s - one.simulated_s, gap_many = many.measured_s - many.simulated_s;
-  costs->sequence_overhead_s = std::max(0.0, (gap_many - gap_one) / (many.concurrency - one.concurrency));
-  costs->step_overhead_s = std::max(0.0, gap_one - one.concurrency * costs->sequence_overhead_s);
-  MOE_ASSIGN_OR_RETURN(cluster, sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, *costs).dump(), "calibration", ""));
-  MOE_ASSIGN_OR_RETURN(sim::SimReport report,
-                       SimulateClosedLoop(config, shape, cluster, probes[0].shapes, probes[0].concurrency, std::nullopt));
-  costs->request_overhead_s = std::max(0.0, probes[0].ttft_p50_s - report.ttft.Percentile(0.5));
+  // Starting points: the simulator without any software cost.
+  std::vector<Simulated> bare;
+  for (const ProbeRuns& probe : runs) {
+    MOE_ASSIGN_OR_RETURN(bare.emplace_back(), simulate(probe));
+  }
+  const size_t busiest = runs.size() - 1;
+  const ProbeFigures& alone = costs->probes[0].measured;  // one client: every TTFT alike
+  costs->request_overhead_s = std::max(0.0, (alone.client_ttft_p50_s - alone.coordinator_ttft_s) / 2);
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const ProbeFigures& m = costs->probes[i].measured;
+    costs->step_overhead_curve_s.emplace_back(runs[i].concurrency, std::max(0.0, m.decode_s - bare[i].figures.decode_s));
+    costs->token_delivery_curve_s.emplace_back(
+        runs[i].concurrency, std::max(0.0, m.client_ttft_p50_s - m.coordinator_ttft_s - costs->request_overhead_s));
+  }
+  for (int round = 0; round < kFitRounds; ++round) {
+    std::vector<Simulated> now;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      MOE_ASSIGN_OR_RETURN(now.emplace_back(), simulate(runs[i]));
+      const ProbeFigures& m = costs->probes[i].measured;
+      const ProbeFigures& s = now.back().figures;
+      double& step = costs->step_overhead_curve_s[i].second;
+      double& delivery = costs->token_delivery_curve_s[i].second;
+      step = std::max(0.0, step + m.decode_s - s.decode_s);
+      delivery = std::max(0.0, delivery + m.client_ttft_p50_s - s.client_ttft_p50_s);
+    }
+    // Each curve point sits at the sequences per step the simulator ran the probe with (ascending).
+    for (size_t i = 0; i < runs.size(); ++i) {
+      const int64_t at = std::llround(now[i].sequences_per_step);
+      const int64_t x = i == 0 ? std::max<int64_t>(1, at) : std::max(costs->step_overhead_curve_s[i - 1].first + 1, at);
+      costs->step_overhead_curve_s[i].first = costs->token_delivery_curve_s[i].first = x;
+    }
+    const double miss_one = costs->probes[0].measured.coordinator_ttft_s - now[0].figures.coordinator_ttft_s;
+    const double miss_busy = costs->probes[busiest].measured.coordinator_ttft_s - now[busiest].figures.coordinator_ttft_s;
+    const double rows_one = now[0].rows_per_prefill_step, rows_busy = now[busiest].rows_per_prefill_step;
+    // Half steps for the per-row cost (the busiest probe's TTFT also moves with its queueing); the
+    // per-step cost takes up the rest of the one-client miss, after the per-row change actually made.
+    const double per_row = rows_busy > rows_one + 1 ? 0.5 * (miss_busy - miss_one) / (rows_busy - rows_one) : 0;
+    const double row_before = costs->prefill_row_overhead_s;
+    costs->prefill_row_overhead_s = std::max(0.0, row_before + per_row);
+    costs->prefill_step_overhead_s = std::max(
+        0.0, costs->prefill_step_overhead_s + miss_one - rows_one * (costs->prefill_row_overhead_s - row_before));
+  }
+  for (size_t i = 0; i < runs.size(); ++i) {
+    MOE_ASSIGN_OR_RETURN(const Simulated s, simulate(runs[i]));
+    costs->probes[i].simulated = s.figures;
+  }
   return absl::OkStatus();
+}
+
+// [[n, seconds x scale], ...]
+nlohmann::json CurveJson(const std::vector<std::pair<int64_t, double>>& curve, double scale) {
+  nlohmann::json points = nlohmann::json::array();
+  for (const auto& [n, seconds] : curve) points.push_back({n, seconds * scale});
+  return points;
 }
 
 }  // namespace
@@ -211,18 +287,23 @@ nlohmann::json CalibrationJson(const Calibration& c) {
   nlohmann::json kernel = nlohmann::json::array();
   for (const KernelPoint& p : c.kernel) kernel.push_back({{"rows", p.rows}, {"gflops", p.flops_per_s / 1e9}});
   nlohmann::json workers = nlohmann::json::array();
+  const auto figures = [](const ProbeFigures& f) {
+    return nlohmann::json{{"decode_ms_per_token", f.decode_s * 1e3}, {"client_ttft_p50_ms", f.client_ttft_p50_s * 1e3},
+                          {"coordinator_ttft_ms", f.coordinator_ttft_s * 1e3}};
+  };
   for (const WorkerCountCosts& w : c.per_workers) {
     nlohmann::json probes = nlohmann::json::array();
     for (const ServingProbe& p : w.probes) {
-      probes.push_back({{"concurrency", p.concurrency}, {"measured_ms_per_token", p.measured_s * 1e3},
-                        {"simulated_ms_per_token", p.simulated_s * 1e3}});
+      probes.push_back({{"concurrency", p.concurrency}, {"measured", figures(p.measured)}, {"simulated", figures(p.simulated)}});
     }
     workers.push_back({{"workers", w.workers},
                        {"grpc_exchange_latency_us", w.exchange_latency_s * 1e6},
                        {"grpc_exchange_gbps", w.exchange_bandwidth / 1e9},
-                       {"step_overhead_us", w.step_overhead_s * 1e6},
-                       {"sequence_overhead_us", w.sequence_overhead_s * 1e6},
+                       {"step_overhead_curve_us", CurveJson(w.step_overhead_curve_s, 1e6)},
+                       {"prefill_step_overhead_us", w.prefill_step_overhead_s * 1e6},
+                       {"prefill_row_overhead_us", w.prefill_row_overhead_s * 1e6},
                        {"request_overhead_us", w.request_overhead_s * 1e6},
+                       {"token_delivery_curve_us", CurveJson(w.token_delivery_curve_s, 1e6)},
                        {"probes", probes}});
   }
   return {{"model", c.model},
@@ -248,12 +329,15 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
                   {"memory_gbps", weight_bytes / one_row_s / 1e9}, {"efficiency", efficiency}}},
       {"topology", "loopback"},
       {"workers", costs.workers},
-      {"step_overhead_ns", static_cast<int64_t>(costs.step_overhead_s * 1e9)},
-      {"sequence_overhead_ns", static_cast<int64_t>(costs.sequence_overhead_s * 1e9)},
+      {"prefill_step_overhead_ns", static_cast<int64_t>(costs.prefill_step_overhead_s * 1e9)},
+      {"prefill_row_overhead_ns", static_cast<int64_t>(costs.prefill_row_overhead_s * 1e9)},
       {"request_overhead_ns", static_cast<int64_t>(costs.request_overhead_s * 1e9)},
       {"collective_overhead_ns", static_cast<int64_t>(costs.exchange_latency_s * 1e9)},
       {"compute_share", std::min(1.0, static_cast<double>(c.cores) / costs.workers)},
+      {"front_end_jitter", true},
       {"fidelity", "flow"}};
+  if (!costs.step_overhead_curve_s.empty()) cluster["step_overhead_curve_ns"] = CurveJson(costs.step_overhead_curve_s, 1e9);
+  if (!costs.token_delivery_curve_s.empty()) cluster["token_delivery_curve_ns"] = CurveJson(costs.token_delivery_curve_s, 1e9);
   if (costs.workers > 1) cluster["shape"] = {{"intra_host_gbps", costs.exchange_bandwidth / 1e9}, {"intra_host_latency_ns", 0}};
   return cluster;
 }

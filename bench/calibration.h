@@ -8,19 +8,25 @@
 //   - the gRPC exchange backend (exchange/grpc_exchange.h) among N in-process ranks on loopback: an
 //     all-to-all of one dispatch record per peer (the latency every MoE layer pays twice) and of 1 MiB
 //     per peer (the bandwidth);
-//   - the serving stack's own software cost per step and per sequence in a step (the coordinator's
-//     scheduling, Step RPCs, sampling, streaming each token to its client) and per request (the call's
-//     set-up): two probes of a real local cluster of N workers, one client and then eight clients sending
-//     one short request at a time, each load run several times (medians). What the simulator, given the
-//     kernel and exchange figures, does not account for in each probe's decode time per token is split
-//     into a fixed and a per-sequence part (two equations, two unknowns); what it then leaves of the
-//     one-client probe's TTFT is per request.
+//   - the serving stack's own software cost, which neither of those covers, from probes of a real local
+//     cluster of N workers: 1, 4, 8 and 24 clients, each sending one short request at a time, each load
+//     run several times (medians). Per probe: the clients' decode time per token and mean TTFT, and the
+//     coordinator's own mean TTFT (request arrival to first token, from its /metrics). The simulator's
+//     software costs are then adjusted until it reproduces every probe (a few fixed-point rounds):
+//       - the step's cost by sequences in it (a curve, one point per probe), from the decode times;
+//       - the prefill's cost per step and per prompt row after the first, from the coordinator TTFT of
+//         the one-client and the 24-client probes;
+//       - the front end (the clients' TTFT beyond the coordinator's): the coordinator's intake, half of
+//         the one-client figure (the other half is the way back; a hand trace of the one-worker probe
+//         measured 0.21 ms in and 0.19 ms out), and the token's way back by streams in flight (a curve,
+//         one point per probe).
 #ifndef MOE_BENCH_CALIBRATION_H_
 #define MOE_BENCH_CALIBRATION_H_
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -37,21 +43,29 @@ struct KernelPoint {
   double flops_per_s = 0;
 };
 
-// One probe of the live cluster: decode time per token, measured and as simulated without the serving
-// stack's software cost.
-struct ServingProbe {
-  int concurrency = 0;
-  double measured_s = 0, simulated_s = 0;
+// A probe's figures: mean decode time per token, the clients' median TTFT, and the coordinator's mean
+// TTFT (its /metrics keeps a histogram's sum and count).
+struct ProbeFigures {
+  double decode_s = 0, client_ttft_p50_s = 0, coordinator_ttft_s = 0;
 };
 
-// The costs that depend on how many workers share the machine.
+// One probe of the live cluster, measured and as the calibrated simulator reproduces it.
+struct ServingProbe {
+  int concurrency = 0;
+  ProbeFigures measured, simulated;
+};
+
+// The costs that depend on how many workers share the machine: the simulator's ClusterSpec fields of
+// the same names, in seconds (curves: (sequences in the step, seconds)).
 struct WorkerCountCosts {
   int workers = 0;
   double exchange_latency_s = 0;  // small all-to-all among `workers` ranks (0 for one worker: no exchange)
   double exchange_bandwidth = 0;  // bytes/s one rank sends its peers in a large all-to-all (0 for one)
   std::vector<ServingProbe> probes;
-  double step_overhead_s = 0, sequence_overhead_s = 0;  // from the probes, each >= 0
-  double request_overhead_s = 0;  // the one-client probe's TTFT beyond the simulated one, >= 0
+  std::vector<std::pair<int64_t, double>> step_overhead_curve_s;
+  double prefill_step_overhead_s = 0, prefill_row_overhead_s = 0;
+  double request_overhead_s = 0;
+  std::vector<std::pair<int64_t, double>> token_delivery_curve_s;
 };
 
 struct Calibration {

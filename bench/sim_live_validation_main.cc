@@ -34,7 +34,7 @@ ABSL_FLAG(int32_t, requests, 64, "requests per configuration");
 ABSL_FLAG(int32_t, concurrency, 16, "concurrent clients");
 ABSL_FLAG(int32_t, prompt_len, 12, "prompt tokens");
 ABSL_FLAG(int32_t, max_tokens, 16, "tokens per answer (the end-of-sequence token ignored)");
-ABSL_FLAG(int32_t, repeats, 3, "live runs per configuration; each live figure is their median");
+ABSL_FLAG(int32_t, repeats, 6, "live runs per configuration; each live figure is their median; the odd and even runs' medians are also compared with each other (the noise floor)");
 ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
 
 namespace {
@@ -126,6 +126,9 @@ int main(int argc, char** argv) {
                "ms/token sim | live | err | all2all KB/token sim | live |\n"
                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::vector<double> errors;
+  // The live cluster against itself: the medians of the odd and of the even runs, the same four figures
+  // per setup. How close any prediction can be expected to come on this machine.
+  std::vector<double> live_spread;
   for (const std::string& w : absl::GetFlag(FLAGS_workers)) {
     int workers = 0;
     if (!absl::SimpleAtoi(w, &workers) || workers < 1) return Fail("--workers must list positive integers");
@@ -156,6 +159,14 @@ int main(int argc, char** argv) {
       if (!report.ok()) return Fail(report.status().ToString());
 
       const Figures p = Predicted(*report), m = MedianOf(live_runs);
+      if (live_runs.size() >= 2) {
+        std::vector<Figures> odd, even;
+        for (size_t i = 0; i < live_runs.size(); ++i) (i % 2 ? odd : even).push_back(live_runs[i]);
+        const Figures a = MedianOf(odd), b = MedianOf(even);
+        for (double Figures::*f : {&Figures::tokens_per_s, &Figures::ttft_p50_s, &Figures::ttft_p90_s, &Figures::inter_token_s}) {
+          live_spread.push_back(std::abs(a.*f - b.*f) / std::max(1e-12, b.*f));
+        }
+      }
       auto err = [&errors](double predicted, double measured) {
         const double e = measured > 0 ? (predicted - measured) / measured : 0;
         errors.push_back(std::abs(e));
@@ -173,5 +184,9 @@ int main(int argc, char** argv) {
   }
   std::cout << absl::StrFormat("absolute error over %d figures: median %.0f%%, worst %.0f%% (targets: 10%%, 25%%)\n",
                                errors.size(), 100 * Quantile(errors, 0.5), 100 * Quantile(errors, 1.0));
+  if (!live_spread.empty()) {
+    std::cout << absl::StrFormat("live against live (medians of the odd runs vs the even runs) over %d figures: median %.0f%%, worst %.0f%%\n",
+                                 live_spread.size(), 100 * Quantile(live_spread, 0.5), 100 * Quantile(live_spread, 1.0));
+  }
   return 0;
 }

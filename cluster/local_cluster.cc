@@ -161,4 +161,17 @@ absl::StatusOr<std::string> HttpGet(const std::string& url, std::chrono::millise
   return response.substr(body + 4);
 }
 
+double MetricValue(const std::string& metrics, const std::string& series) {
+  const std::string page = "\n" + metrics;
+  const size_t at = page.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  const size_t begin = at + series.size() + 2;
+  const size_t end = page.find('\n', begin);
+  double value = -1;
+  if (!absl::SimpleAtod(absl::string_view(page).substr(begin, end == std::string::npos ? end : end - begin), &value)) {
+    return -1;
+  }
+  return value;
+}
+
 }  // namespace moe

@@ -47,6 +47,10 @@ class LocalCluster {
 // GET http://host:port/path over loopback; the body, or an error. Bounded by `timeout`.
 absl::StatusOr<std::string> HttpGet(const std::string& url, std::chrono::milliseconds timeout);
 
+// The value of one series ("name{labels}", exactly as the coordinator's /metrics writes it) in a
+// Prometheus text page, or -1 when absent or not a number.
+double MetricValue(const std::string& metrics, const std::string& series);
+
 }  // namespace moe
 
 #endif  // MOE_CLUSTER_LOCAL_CLUSTER_H_

@@ -7,18 +7,20 @@
 
 namespace moe::sim {
 
-double DeviceProfile::EfficiencyAt(int64_t tokens) const {
-  if (efficiency.empty()) return 1.0;
-  if (tokens <= efficiency.front().first) return efficiency.front().second;
-  for (size_t i = 1; i < efficiency.size(); ++i) {
-    const auto& [t1, e1] = efficiency[i];
-    if (tokens <= t1) {
-      const auto& [t0, e0] = efficiency[i - 1];
-      return e0 + (e1 - e0) * static_cast<double>(tokens - t0) / static_cast<double>(t1 - t0);
+double Interpolate(const std::vector<std::pair<int64_t, double>>& points, int64_t x) {
+  if (points.empty()) return 0;
+  if (x <= points.front().first) return points.front().second;
+  for (size_t i = 1; i < points.size(); ++i) {
+    const auto& [x1, y1] = points[i];
+    if (x <= x1) {
+      const auto& [x0, y0] = points[i - 1];
+      return y0 + (y1 - y0) * static_cast<double>(x - x0) / static_cast<double>(x1 - x0);
     }
   }
-  return efficiency.back().second;
+  return points.back().second;
 }
+
+double DeviceProfile::EfficiencyAt(int64_t tokens) const { return efficiency.empty() ? 1.0 : Interpolate(efficiency, tokens); }
 
 absl::Status DeviceProfile::Validate() const {
   if (!(peak_flops > 0)) return absl::InvalidArgumentError(absl::StrCat("device '", name, "': peak_flops must be > 0"));

@@ -13,6 +13,9 @@
 
 namespace moe::sim {
 
+// A curve given at points (x, y), ascending in x: linear in between, flat outside; 0 when empty.
+double Interpolate(const std::vector<std::pair<int64_t, double>>& points, int64_t x);
+
 struct DeviceProfile {
   std::string name;
   double peak_flops = 0;        // dense FLOP/s at the weights' precision

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -56,6 +58,25 @@ class JsonFields {
       return fallback;
     }
     return j_[key].get<bool>();
+  }
+  // A curve: [[x, y], ...] with integer x >= min_x strictly ascending and number y >= 0. Empty when absent.
+  std::vector<std::pair<int64_t, double>> Curve(const std::string& key, int64_t min_x) {
+    std::vector<std::pair<int64_t, double>> points;
+    if (!j_.is_object() || !j_.contains(key)) return points;
+    const auto& v = j_[key];
+    for (size_t i = 0; v.is_array() && i < v.size(); ++i) {
+      const auto& p = v[i];
+      if (!p.is_array() || p.size() != 2 || !p[0].is_number_integer() || !p[1].is_number() ||
+          p[0].get<int64_t>() < min_x || !(p[1].get<double>() >= 0) ||
+          (!points.empty() && p[0].get<int64_t>() <= points.back().first)) {
+        Fail(absl::StrCat(key, "[", i, "]"), absl::StrCat("must be [x, y]: an integer x >= ", min_x,
+                                                         " above the previous point's, and a number y >= 0"));
+        return {};
+      }
+      points.emplace_back(p[0].get<int64_t>(), p[1].get<double>());
+    }
+    if (!v.is_array() || points.empty()) Fail(key, "must be a non-empty list of [x, y] points");
+    return points;
   }
   // The field's JSON (null when absent), for nested objects and arrays.
   const nlohmann::json& Raw(const std::string& key) const {

@@ -127,7 +127,15 @@ absl::StatusOr<ClusterSpec> ClusterSpec::FromJson(const std::string& json_text, 
   c.replicas = static_cast<int>(f.Int("replicas", c.replicas, 1, 1 << 20));
   c.step_overhead = f.Int("step_overhead_ns", 0, 0);
   c.sequence_overhead = f.Int("sequence_overhead_ns", 0, 0);
+  c.step_overhead_curve = f.Curve("step_overhead_curve_ns", 0);
+  if (!c.step_overhead_curve.empty() && (c.step_overhead > 0 || c.sequence_overhead > 0)) {
+    f.Fail("step_overhead_curve_ns", "replaces step_overhead_ns and sequence_overhead_ns: give one or the other");
+  }
+  c.prefill_step_overhead = f.Int("prefill_step_overhead_ns", 0, 0);
+  c.prefill_row_overhead = f.Int("prefill_row_overhead_ns", 0, 0);
   c.request_overhead = f.Int("request_overhead_ns", 0, 0);
+  c.token_delivery_curve = f.Curve("token_delivery_curve_ns", 0);
+  c.front_end_jitter = f.Bool("front_end_jitter", false);
   c.collective_overhead = f.Int("collective_overhead_ns", 0, 0);
   c.compute_share = f.Number("compute_share", 1, 1e-6, 1);
   c.max_queued = static_cast<int>(f.Int("max_queued", c.max_queued, 0, 1 << 30));
@@ -264,7 +272,7 @@ struct Sequence {
   int rank = 0;
   int64_t prompt = 0, output = 0, generated = 0;
   bool started = false;
-  Nanos arrival = 0, last_token = 0;
+  Nanos arrival = 0, enqueued = 0, last_token = 0;  // the client's send, reaching the queue, last delivery
 };
 
 // One step's batch on one worker, aggregated for the compute model.
@@ -285,6 +293,13 @@ int64_t SequencesIn(const std::vector<WorkerBatch>& batches) {
   int64_t n = 0;
   for (const WorkerBatch& b : batches) n += b.sequences;
   return n;
+}
+
+// The step's serial software cost (ClusterSpec::StepOverhead) over all the replica's workers.
+Nanos StepOverheadOf(const ClusterSpec& cluster, const std::vector<WorkerBatch>& batches) {
+  int64_t rows = 0;
+  for (const WorkerBatch& b : batches) rows += b.rows;
+  return cluster.StepOverhead(SequencesIn(batches), rows);
 }
 
 // One flow-fidelity step of one replica: per layer, every worker's attention, dispatch, expert compute
@@ -309,7 +324,7 @@ class ServingSimulation {
   ServingSimulation(const ModelConfig& config, const ModelShape& shape, const ExpertPopularity& popularity,
                     const ClusterSpec& cluster, const WorkloadSpec& workload, const std::vector<SimRequest>& requests)
       : config_(config), shape_(shape), popularity_(popularity), cluster_(cluster), workload_(workload),
-        requests_(requests), sim_(workload.seed), network_(&sim_), topology_(&network_), routing_rng_(sim_.Stream(11)) {}
+        requests_(requests), sim_(workload.seed), network_(&sim_), topology_(&network_), routing_rng_(sim_.Stream(11)), front_end_rng_(sim_.Stream(12)) {}
 
   absl::Status Setup();
   absl::StatusOr<SimReport> Run();
@@ -369,6 +384,7 @@ class ServingSimulation {
   void Enqueue(int64_t request);  // it reaches its replica's coordinator
   // Closed loop: a client is free; its next request, if any is left, arrives now.
   void SendNextClientRequest();
+  Nanos FrontEndDelay(Nanos mean);  // mean, or an exponential draw of it (ClusterSpec::front_end_jitter)
   void MaybeStartStep(Replica& r);
   void BeginStep(Replica& r);
   void EndStep(Replica& r, std::vector<WorkerBatch> batches);
@@ -389,10 +405,12 @@ class ServingSimulation {
   Network network_;
   Topology topology_;
   RandomStream routing_rng_;
+  RandomStream front_end_rng_;  // ClusterSpec::front_end_jitter
   ShardMap shard_map_;  // the same placement for every replica
   std::vector<Replica> replicas_;
   int64_t next_client_request_ = 0;  // closed loop
-  std::vector<Nanos> arrival_time_;  // per request: when it reached its replica
+  std::vector<Nanos> arrival_time_;  // per request: when its client sent it
+  std::vector<Nanos> enqueue_time_;  // per request: when it reached its replica's queue
 
   // Flow: routes between ranks (per replica), alias-free cumulative popularity per layer.
   std::vector<std::vector<std::vector<std::vector<int>>>> routes_;  // [replica][from][to]
@@ -541,6 +559,11 @@ absl::Status ServingSimulation::Setup() {
   return absl::OkStatus();
 }
 
+Nanos ServingSimulation::FrontEndDelay(Nanos mean) {
+  if (!cluster_.front_end_jitter || mean == 0) return mean;
+  return static_cast<Nanos>(-std::log(1 - front_end_rng_.NextUniform()) * static_cast<double>(mean));
+}
+
 void ServingSimulation::SendNextClientRequest() {
   if (workload_.concurrency == 0 || next_client_request_ >= static_cast<int64_t>(requests_.size())) return;
   const int64_t next = next_client_request_++;
@@ -552,7 +575,7 @@ void ServingSimulation::Arrive(int64_t request) {
   arrival_time_[request] = sim_.now();
   if (cluster_.request_overhead > 0) {
     Replica& r = replicas_[request % cluster_.replicas];
-    r.intake_free = std::max(r.intake_free, sim_.now()) + cluster_.request_overhead;
+    r.intake_free = std::max(r.intake_free, sim_.now()) + FrontEndDelay(cluster_.request_overhead);
     sim_.After(r.intake_free - sim_.now(), [this, request] { Enqueue(request); });
   } else {
     Enqueue(request);
@@ -567,6 +590,7 @@ void ServingSimulation::Enqueue(int64_t request) {
     SendNextClientRequest();
     return;
   }
+  enqueue_time_[request] = sim_.now();
   r.queue.push_back(request);
   MaybeStartStep(r);
 }
@@ -592,6 +616,7 @@ void ServingSimulation::BeginStep(Replica& r) {
     s.prompt = req.prompt_tokens;
     s.output = req.output_tokens;
     s.arrival = arrival_time_[s.request];
+    s.enqueued = enqueue_time_[s.request];
     r.running.emplace(static_cast<uint64_t>(s.request), s);
     r.queue.pop_front();
   }
@@ -602,6 +627,12 @@ void ServingSimulation::BeginStep(Replica& r) {
   r.step_start = sim_.now();
   ++report_.steps;
   std::vector<WorkerBatch> batches = ComposeBatches(r);
+  int64_t prefill_rows = 0;
+  for (const WorkerBatch& b : batches) prefill_rows += b.rows - b.sequences;
+  if (prefill_rows > 0) {
+    ++report_.prefill_steps;
+    report_.prefill_rows += prefill_rows;
+  }
   if (cluster_.fidelity == Fidelity::kFluid) {
     const Nanos t = FluidStepTime(r, batches);
     sim_.After(t, [this, &r, batches = std::move(batches)] { EndStep(r, batches); });
@@ -759,7 +790,7 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
     busy[w] += static_cast<double>(lm_head[w]);
     worker_busy_ns_[r.index * W + w] += busy[w];
   }
-  const Nanos total = static_cast<Nanos>(std::ceil(step + head)) + cluster_.StepOverhead(SequencesIn(batches));
+  const Nanos total = static_cast<Nanos>(std::ceil(step + head)) + StepOverheadOf(cluster_, batches);
   report_.all2all_bytes += sent;
   series_->Add(sim_.now(), sim_.now() + total, r.index * 2 * W, port_bytes);
   for (int p = 0; p < 2 * W; ++p) fluid_port_bytes_[r.index * 2 * W + p] += port_bytes[p];
@@ -860,7 +891,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
       worker_busy_ns_[ri * W + w] += static_cast<double>(head);
       sim_.After(head, [=, this] {
         if (--step->workers_left == 0) {
-          sim_.After(cluster_.StepOverhead(SequencesIn(step->batches)), [=, this] { EndStep(*replica, step->batches); });
+          sim_.After(StepOverheadOf(cluster_, step->batches), [=, this] { EndStep(*replica, step->batches); });
         }
       });
       return;
@@ -929,26 +960,30 @@ void ServingSimulation::EndStep(Replica& r, std::vector<WorkerBatch> batches) {
     series_->Add(r.step_start, now, 0, delta);
     r.flow.reset();
   }
+  const Nanos mean_delivery = cluster_.TokenDelivery(SequencesIn(batches));
   for (auto it = r.running.begin(); it != r.running.end();) {
     Sequence& s = it->second;
+    const Nanos delivered = std::max(s.last_token, now + FrontEndDelay(mean_delivery));  // at the client
     s.started = true;
     ++s.generated;
     ++report_.tokens;
     if (s.generated == 1) {
-      report_.ttft.Add(now - s.arrival);
+      report_.ttft.Add(delivered - s.arrival);
+      report_.coordinator_ttft.Add(now - s.enqueued);
     } else {
-      report_.inter_token.Add(now - s.last_token);
+      report_.inter_token.Add(delivered - s.last_token);
     }
-    s.last_token = now;
-    last_token_ = std::max(last_token_, now);
+    s.last_token = delivered;
+    last_token_ = std::max(last_token_, delivered);
     if (s.generated < s.output) {
       ++it;
       continue;
     }
-    report_.end_to_end.Add(now - s.arrival);
+    report_.end_to_end.Add(delivered - s.arrival);
     ++report_.completed;
     it = r.running.erase(it);
-    SendNextClientRequest();
+    if (delivered == now) SendNextClientRequest();
+    else sim_.After(delivered - now, [this] { SendNextClientRequest(); });
   }
   r.stepping = false;
   if (!r.running.empty() || !r.queue.empty()) MaybeStartStep(r);
@@ -958,6 +993,7 @@ absl::StatusOr<SimReport> ServingSimulation::Run() {
   MOE_RETURN_IF_ERROR(Setup());
   report_.requests = static_cast<int64_t>(requests_.size());
   arrival_time_.assign(requests_.size(), 0);
+  enqueue_time_.assign(requests_.size(), 0);
   for (int c = 0; c < workload_.concurrency; ++c) SendNextClientRequest();  // closed loop: every client starts
   // Open loop: arrivals are chained (each schedules the next), so the event queue holds one at a time.
   std::function<void(int64_t)> arrive = [this, &arrive](int64_t i) {

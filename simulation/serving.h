@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -49,12 +50,30 @@ struct ClusterSpec {
   int workers = 1;   // per replica: the expert-parallel size
   int replicas = 1;  // independent copies of the model behind one load balancer (round-robin)
   Nanos step_overhead = 0;        // fixed cost of one engine step (scheduling, RPCs)
-  Nanos sequence_overhead = 0;    // cost of each sequence in a step (sampling, streaming its token)
-  // A request's trip from its client into the coordinator's queue (call set-up, and the first token's
-  // way back, lumped in here); TTFT and end-to-end latency count from the client's send. The
-  // coordinator takes requests in one at a time: requests that arrive together queue for it, each
-  // paying this in turn (the live coordinator's intake is one thread).
+  Nanos sequence_overhead = 0;    // cost of each sequence in a step (sampling, its share of the RPCs)
+  // (sequences in the step, ns): when given, the step's fixed and per-sequence cost as a measured curve
+  // (Interpolate), in place of step_overhead + sequence_overhead x sequences.
+  std::vector<std::pair<int64_t, double>> step_overhead_curve;
+  // Prefill's software cost, which the matmul roofline does not see (per-row norms, attention
+  // bookkeeping and packing for the exchange; setting up new sequences): each step that prefills pays
+  // prefill_step_overhead once, plus prefill_row_overhead for each row beyond one per sequence (a new
+  // sequence's prompt tokens after the first).
+  Nanos prefill_step_overhead = 0;
+  Nanos prefill_row_overhead = 0;
+  // A request's trip from its client into the coordinator's queue (call set-up); TTFT and end-to-end
+  // latency count from the client's send. The coordinator takes requests in one at a time: requests
+  // that arrive together queue for it, each paying this in turn.
   Nanos request_overhead = 0;
+  // (sequences in the step, ns): the front end's way back. Each token reaches its client this long
+  // after the step that produced it, in order within its stream; the curve's growth with the streams in
+  // flight is the front end's load (every running stream's handler and client wake, write and read once
+  // per step). A closed-loop client sends its next request when its last token arrives. Latency only:
+  // the next step does not wait for it. Empty: tokens arrive with the step.
+  std::vector<std::pair<int64_t, double>> token_delivery_curve;
+  // The intake's and the delivery's delays: exponential draws of those means (threads sharing a host's
+  // cores run when the scheduler lets them; without the jitter, closed-loop clients march in lockstep),
+  // or, when false, exactly the means.
+  bool front_end_jitter = false;
   Nanos collective_overhead = 0;  // software cost of one all-to-all on every worker (dispatch or combine)
   double compute_share = 1;       // share of the device one worker gets (CPU workers sharing cores)
   int max_queued = 256;           // per replica: waiting requests beyond this are refused
@@ -65,8 +84,16 @@ struct ClusterSpec {
   Fidelity fidelity = Fidelity::kFluid;
 
   int total_workers() const { return workers * replicas; }
-  // The serial software cost of a replica's step over `sequences` sequences, after its last layer.
-  Nanos StepOverhead(int64_t sequences) const { return step_overhead + sequence_overhead * sequences; }
+  // The serial software cost of a replica's step over `sequences` sequences and `rows` token rows in
+  // all (rows >= sequences), after its last layer.
+  Nanos StepOverhead(int64_t sequences, int64_t rows) const {
+    const Nanos per_step = step_overhead_curve.empty()
+                               ? step_overhead + sequence_overhead * sequences
+                               : static_cast<Nanos>(Interpolate(step_overhead_curve, sequences));
+    return per_step + (rows > sequences ? prefill_step_overhead + prefill_row_overhead * (rows - sequences) : 0);
+  }
+  // The mean delay before a token produced by a step over `sequences` sequences reaches its client.
+  Nanos TokenDelivery(int64_t sequences) const { return static_cast<Nanos>(Interpolate(token_delivery_curve, sequences)); }
   // From a JSON object (see README "Simulator"); INVALID_ARGUMENT naming the field. `base_dir` resolves
   // a relative "topology_file".
   static absl::StatusOr<ClusterSpec> FromJson(const std::string& json_text, const std::string& source,
@@ -109,10 +136,14 @@ struct SimReport {
   int64_t tokens = 0;
   double makespan_s = 0;  // first arrival to last token
   double tokens_per_s = 0, requests_per_s = 0;
-  LatencyHistogram ttft, inter_token, end_to_end;
+  LatencyHistogram ttft, inter_token, end_to_end;  // as the clients see them (from the send, to the delivery)
+  // The coordinator's own TTFT: from the request reaching its queue to the step that produced the first
+  // token (what the live coordinator's moe_time_to_first_token_seconds measures).
+  LatencyHistogram coordinator_ttft;
   double all2all_bytes = 0;      // bytes that left a worker, all layers, dispatch and combine
   double layers_per_token = 0;   // layers run per token processed
   int64_t steps = 0;
+  int64_t prefill_steps = 0, prefill_rows = 0;  // steps with prompt rows; their rows beyond one per sequence
   uint64_t events = 0;
   std::vector<LinkReport> links;      // flow: every link; fluid: each worker's ports
   std::vector<WorkerReport> workers;

@@ -120,6 +120,69 @@ TEST_P(BothFidelities, SequenceOverheadIsPaidPerSequencePerStep) {
   EXPECT_NEAR(report->ttft.Percentile(0.5), (1983 + 100) * 1e-9, (1983 + 100) * 1e-9 * 0.011);
 }
 
+// The prefill costs are paid by the step that prefills: once per step, and once per row beyond each
+// sequence's first (the 4-token prompt: 3 rows); the decode steps pay neither.
+TEST_P(BothFidelities, PrefillOverheadsArePaidByThePrefillStep) {
+  Case c(4, 2, 1, GetParam());
+  c.cluster.prefill_step_overhead = 500;
+  c.cluster.prefill_row_overhead = 100;
+  auto report = c.Run();
+  ASSERT_THAT(report.status(), IsOk());
+  EXPECT_NEAR(report->makespan_s, (4497 + 500 + 3 * 100) * 1e-9, 1e-15);
+  EXPECT_NEAR(report->ttft.Percentile(0.5), (1983 + 800) * 1e-9, (1983 + 800) * 1e-9 * 0.011);
+  EXPECT_NEAR(report->inter_token.Percentile(0.5), 1257e-9, 1257e-9 * 0.011);
+  EXPECT_EQ(report->prefill_steps, 1);
+  EXPECT_EQ(report->prefill_rows, 3);
+}
+
+// Each token reaches its client token_delivery_curve(sequences in its step) after the step; the step
+// does not wait. One sequence per step: every token arrives 750 ns late (the curve at 1 sequence,
+// between its points at 0 and 2), the coordinator's TTFT does not move, the inter-token gaps are
+// unchanged, and a closed-loop client sends its next request when the last token arrives, so three
+// requests in turn take 3 x (4497 + 750) ns.
+TEST_P(BothFidelities, TokenDeliveryDelaysEveryTokenAndTheClosedLoop) {
+  Case c(4, 2, 1, GetParam());
+  c.cluster.token_delivery_curve = {{0, 700}, {2, 800}, {10, 5000}};
+  c.workload.requests = 3;
+  auto report = c.Run();
+  ASSERT_THAT(report.status(), IsOk());
+  EXPECT_NEAR(report->ttft.Percentile(1), (1983 + 750) * 1e-9, (1983 + 750) * 1e-9 * 0.011);
+  EXPECT_NEAR(report->coordinator_ttft.Percentile(1), 1983e-9, 1983e-9 * 0.011);
+  EXPECT_NEAR(report->inter_token.Percentile(0.5), 1257e-9, 1257e-9 * 0.011);
+  EXPECT_NEAR(report->makespan_s, 3 * (4497 + 750) * 1e-9, 1e-15);
+}
+
+// With front_end_jitter the delays are exponential draws of their means: over 200 requests from one
+// client the TTFT exceeds the coordinator's by 750 ns on average, spread out, never out of order within
+// a stream; the intake (500 ns) adds its own draws; the closed loop waits for each last token.
+TEST_P(BothFidelities, FrontEndJitterDrawsTheDelaysAroundTheirMeans) {
+  Case c(4, 2, 1, GetParam());
+  c.cluster.token_delivery_curve = {{1, 750}};
+  c.cluster.request_overhead = 500;
+  c.cluster.front_end_jitter = true;
+  c.workload.requests = 200;
+  auto report = c.Run();
+  ASSERT_THAT(report.status(), IsOk());
+  EXPECT_NEAR(report->coordinator_ttft.Percentile(1), 1983e-9, 1983e-9 * 0.011);
+  EXPECT_NEAR(report->ttft.MeanSeconds() - report->coordinator_ttft.MeanSeconds(), 1250e-9, 1250e-9 * 0.15);
+  EXPECT_GT(report->ttft.Percentile(0.9) - report->ttft.Percentile(0.1), 1000e-9);  // spread, not a constant
+  EXPECT_GE(report->inter_token.Percentile(0), 0);
+  EXPECT_NEAR(report->inter_token.MeanSeconds(), 1257e-9, 1257e-9 * 0.15);
+  EXPECT_GT(report->makespan_s, 200 * (4497 + 500 + 750) * 1e-9 * 0.85);
+  EXPECT_LT(report->makespan_s, 200 * (4497 + 500 + 750) * 1e-9 * 1.15);
+}
+
+// A measured step-overhead curve replaces step_overhead + sequence_overhead x sequences: at one
+// sequence per step it is 1000 + 200 ns (between its points at 0 and 2), not the 1000 of the fixture.
+TEST_P(BothFidelities, StepOverheadCurveReplacesTheLinearCost) {
+  Case c(4, 2, 1, GetParam());
+  c.cluster.step_overhead = 0;
+  c.cluster.step_overhead_curve = {{0, 1100}, {2, 1300}};
+  auto report = c.Run();
+  ASSERT_THAT(report.status(), IsOk());
+  EXPECT_NEAR(report->makespan_s, (4497 + 3 * 200) * 1e-9, 1e-15);
+}
+
 // The request's trip to the coordinator delays its first step: TTFT and the makespan grow by exactly that.
 TEST_P(BothFidelities, RequestOverheadDelaysTheFirstStep) {
   Case c(4, 2, 1, GetParam());
@@ -230,6 +293,11 @@ TEST(ServingTest, BadClusterConfigsNameTheField) {
       {R"({"device": "H100", "fidelity": "fast"})", "c.json.fidelity must be flow, fluid or auto"},
       {R"({"device": "H100", "topology": "json"})", "c.json.topology_file is required"},
       {R"({"device": "H100", "device_hour_cost": "cheap"})", "c.json.device_hour_cost must be a number"},
+      {R"({"device": "H100", "token_delivery_curve_ns": [[1, 5], [1, 6]]})", "c.json.token_delivery_curve_ns[1] must be [x, y]"},
+      {R"({"device": "H100", "token_delivery_curve_ns": [[1, -5]]})", "c.json.token_delivery_curve_ns[0] must be [x, y]"},
+      {R"({"device": "H100", "step_overhead_curve_ns": 7})", "c.json.step_overhead_curve_ns must be a non-empty list"},
+      {R"({"device": "H100", "step_overhead_curve_ns": [[1, 5]], "step_overhead_ns": 3})",
+       "c.json.step_overhead_curve_ns replaces step_overhead_ns"},
       {R"([1, 2])", "c.json must be a JSON object"},
       {R"({"device": )", "c.json: not valid JSON"},
   };

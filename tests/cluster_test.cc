@@ -191,12 +191,6 @@ TEST(ClusterSystemTest, SixtyFourConcurrentStreamsAllCompleteUnmixed) {
   EXPECT_NE(metrics->find("moe_all2all_pair_bytes_total{src=\"0\",dst=\"1\"}"), std::string::npos);
 }
 
-// The value of one metric line ("name{labels} value"), or -1 when absent.
-double MetricValue(const std::string& metrics, const std::string& series) {
-  const size_t at = metrics.find("\n" + series + " ");
-  if (at == std::string::npos) return -1;
-  return std::stod(metrics.substr(at + series.size() + 2));
-}
 
 absl::StatusOr<double> ScrapeMetric(const LocalCluster& cluster, const std::string& series) {
   MOE_ASSIGN_OR_RETURN(std::string metrics, HttpGet(cluster.metrics_url(), std::chrono::seconds(5)));
