@@ -1,9 +1,10 @@
-// moe-calibrate: measures this machine's parts (bench/calibration.h: kernels, the gRPC exchange, probes
-// of a live local cluster per worker count, ~1 minute) and writes what the simulator needs
-// to predict the live local cluster: calibration.json (the raw figures) and one moe-sim cluster file per
-// worker count, this-machine-<N>w.json.
+// moe-calibrate: measures this machine's parts (bench/calibration.h: kernels, the gRPC and MPI exchange
+// backends, probes of a live local cluster per worker count and backend, ~3 minutes) and writes what
+// the simulator needs to predict the live local cluster: calibration.json (the raw figures) and one
+// moe-sim cluster file per worker count and backend, this-machine-<N>w.json (gRPC) and
+// this-machine-<N>w-mpi.json (MPI, 2+ workers).
 //   build/bin/moe-calibrate --model models/tiny-moe [--out build/calibration] [--workers 1,2,4]
-//                           [--weights bf16|f32] [--repeats 41] [--probe-runs 5]
+//                           [--weights bf16|f32] [--repeats 41] [--probe-runs 5] [--mpi=false]
 // Exit status: 0 written, 1 bad flags or a failed measurement.
 #include <filesystem>
 #include <fstream>
@@ -21,6 +22,7 @@ ABSL_FLAG(std::string, out, "build/calibration", "directory for calibration.json
 ABSL_FLAG(std::vector<std::string>, workers, std::vector<std::string>({"1", "2", "4"}), "worker counts");
 ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
 ABSL_FLAG(int32_t, repeats, 41, "samples per measurement (the median is kept)");
+ABSL_FLAG(bool, mpi, true, "also probe the MPI clusters (cluster/run-mpi) of 2+ workers and measure the MPI backend");
 ABSL_FLAG(int32_t, probe_runs, 5, "closed-loop runs of each live probe (the medians are kept)");
 
 namespace {
@@ -46,6 +48,7 @@ int main(int argc, char** argv) {
   options.weight_type = *weight_type;
   options.repeats = absl::GetFlag(FLAGS_repeats);
   options.probe_runs = absl::GetFlag(FLAGS_probe_runs);
+  options.mpi = absl::GetFlag(FLAGS_mpi);
   if (options.repeats < 1 || options.probe_runs < 1) return Fail("--repeats and --probe-runs must be >= 1");
   options.workers.clear();
   for (const std::string& w : absl::GetFlag(FLAGS_workers)) {
@@ -59,23 +62,26 @@ int main(int argc, char** argv) {
   std::cout << absl::StrFormat("%d cores; matmul [%d x %d] %s weights, 1 thread:\n| rows | GFLOP/s |\n|---|---|\n", c->cores,
                                c->matmul_out_features, c->matmul_in_features, weights);
   for (const auto& p : c->kernel) std::cout << absl::StrFormat("| %d | %.2f |\n", p.rows, p.flops_per_s / 1e9);
-  std::cout << "| workers | gRPC all-to-all latency us | gRPC all-to-all GB/s per rank | prefill per-step us | prefill per-row us | intake us |\n"
-               "|---|---|---|---|---|---|\n";
+  const auto cluster_label = [](const moe::bench::WorkerCountCosts& w) {
+    return absl::StrFormat("%d, %s", w.workers, moe::bench::BackendName(w.backend));
+  };
+  std::cout << "| workers, exchange | all-to-all latency us | all-to-all GB/s per rank | prefill per-step us | "
+               "prefill per-row us | intake us |\n|---|---|---|---|---|---|\n";
   for (const auto& w : c->per_workers) {
-    std::cout << absl::StrFormat("| %d | %.0f | %.3f | %.0f | %.0f | %.0f |\n", w.workers, w.exchange_latency_s * 1e6,
+    std::cout << absl::StrFormat("| %s | %.0f | %.3f | %.0f | %.0f | %.0f |\n", cluster_label(w), w.exchange_latency_s * 1e6,
                                  w.exchange_bandwidth / 1e9, w.prefill_step_overhead_s * 1e6, w.prefill_row_overhead_s * 1e6,
                                  w.request_overhead_s * 1e6);
   }
-  std::cout << "| workers | clients | decode ms/token live | sim | client TTFT p50 ms live | sim | coordinator mean TTFT ms live | sim | "
-               "fitted step overhead us | fitted token delivery us |\n|---|---|---|---|---|---|---|---|---|---|\n";
+  std::cout << "| workers, exchange | clients | decode ms/token live | sim | client TTFT p50 ms live | sim | coordinator mean "
+               "TTFT ms live | sim | fitted step overhead us | fitted token delivery us |\n|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& w : c->per_workers) {
     for (size_t i = 0; i < w.probes.size(); ++i) {
       const auto& p = w.probes[i];
-      std::cout << absl::StrFormat("| %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f |\n", w.workers, p.concurrency,
-                                   p.measured.decode_s * 1e3, p.simulated.decode_s * 1e3, p.measured.client_ttft_p50_s * 1e3,
-                                   p.simulated.client_ttft_p50_s * 1e3, p.measured.coordinator_ttft_s * 1e3,
-                                   p.simulated.coordinator_ttft_s * 1e3, w.step_overhead_curve_s[i].second * 1e6,
-                                   w.token_delivery_curve_s[i].second * 1e6);
+      std::cout << absl::StrFormat("| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f |\n", cluster_label(w),
+                                   p.concurrency, p.measured.decode_s * 1e3, p.simulated.decode_s * 1e3,
+                                   p.measured.client_ttft_p50_s * 1e3, p.simulated.client_ttft_p50_s * 1e3,
+                                   p.measured.coordinator_ttft_s * 1e3, p.simulated.coordinator_ttft_s * 1e3,
+                                   w.step_overhead_curve_s[i].second * 1e6, w.token_delivery_curve_s[i].second * 1e6);
     }
   }
   const std::filesystem::path out = absl::GetFlag(FLAGS_out);
@@ -84,7 +90,7 @@ int main(int argc, char** argv) {
   if (ec) return Fail("cannot create " + out.string() + ": " + ec.message());
   if (!Write(out / "calibration.json", moe::bench::CalibrationJson(*c))) return Fail("cannot write into " + out.string());
   for (const auto& w : c->per_workers) {
-    const std::filesystem::path path = out / absl::StrFormat("this-machine-%dw.json", w.workers);
+    const std::filesystem::path path = out / (moe::bench::ClusterName(w) + ".json");
     if (!Write(path, moe::bench::ThisMachineClusterJson(*c, w))) return Fail("cannot write " + path.string());
     std::cout << "wrote " << path.string() << "\n";
   }

@@ -4,6 +4,8 @@
 #include <barrier>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
@@ -93,6 +95,29 @@ absl::StatusOr<double> MeasureExchange(int ranks, size_t bytes_per_peer, int rep
   return Quantile(slowest, 0.5);
 }
 
+// The MPI backend's median all-to-all with `small` and with 1 MiB bytes to every peer, among `ranks`
+// processes: moe-bench-exchange (next to this program) under mpirun.
+absl::StatusOr<std::pair<double, double>> MeasureMpiExchange(int ranks, size_t small, int repeats) {
+  const std::filesystem::path bench = std::filesystem::read_symlink("/proc/self/exe").parent_path() / "moe-bench-exchange";
+  const std::string command = absl::StrCat(
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np ", ranks, " '", bench.string(),
+      "' --calibration-bytes ", small, " --iters ", repeats, " 2>&1");
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return absl::InternalError("calibration: cannot run mpirun");
+  std::string output;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof buf, pipe)) output.append(buf, n);
+  const int rc = ::pclose(pipe);
+  double small_s = 0, large_s = 0;
+  const size_t at = output.find("mpi_alltoall_seconds ");
+  if (rc != 0 || at == std::string::npos ||
+      std::sscanf(output.c_str() + at, "mpi_alltoall_seconds %lf %lf", &small_s, &large_s) != 2) {
+    return absl::InternalError(absl::StrCat("calibration: mpirun of ", bench.string(), " (exit ", rc,
+                                            ") did not report the MPI all-to-all: ", output.substr(0, 2000)));
+  }
+  return std::make_pair(small_s, large_s);
+}
+
 // The probes: 1, 4, 8 and 24 clients (around the 16 of moe-bench-sim-live's load), each sending one
 // request (a 12-token prompt, 32 new tokens) at a time, max(12, 4 x clients) requests per run, on a fresh
 // local cluster of `workers` workers. Run before any in-process measurement, so no lingering gRPC
@@ -120,9 +145,10 @@ absl::StatusOr<std::pair<double, double>> CoordinatorTtft(const LocalCluster& cl
 }
 
 absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, const ModelConfig& config, int workers,
-                                                 int runs) {
+                                                 ExchangeBackend backend, int runs) {
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<LocalCluster> live,
-                       LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"}));
+                       LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"},
+                                           backend == ExchangeBackend::kMpi ? "run-mpi" : "run-local"));
   std::vector<ProbeRuns> probes;
   for (int concurrency : kProbeConcurrency) {
     const std::vector<std::vector<int32_t>> prompts = RandomPrompts(
@@ -180,7 +206,10 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
                      static_cast<double>(report.prefill_rows) / std::max<double>(1, static_cast<double>(report.prefill_steps)),
                      static_cast<double>(report.tokens) / std::max<double>(1, static_cast<double>(report.steps))};
   };
-  *costs = WorkerCountCosts{costs->workers, costs->exchange_latency_s, costs->exchange_bandwidth};
+  costs->probes.clear();
+  costs->step_overhead_curve_s.clear();
+  costs->token_delivery_curve_s.clear();
+  costs->prefill_step_overhead_s = costs->prefill_row_overhead_s = costs->request_overhead_s = 0;
   for (const ProbeRuns& probe : runs) {
     costs->probes.push_back({probe.concurrency, {probe.inter_token_s, probe.client_ttft_p50_s, probe.coordinator_ttft_s}, {}});
   }
@@ -251,10 +280,15 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
   c.matmul_in_features = config->hidden_size;
   c.matmul_out_features = config->expert_ffn_size;
   c.weight_type = options.weight_type;
-  std::vector<std::vector<ProbeRuns>> probe_runs;
   for (int workers : options.workers) {
     if (workers < 1) return absl::InvalidArgumentError("calibration: worker counts must be >= 1");
-    MOE_ASSIGN_OR_RETURN(probe_runs.emplace_back(), RunProbes(options.model_dir, *config, workers, options.probe_runs));
+    c.per_workers.push_back({workers, ExchangeBackend::kGrpc});
+    if (workers > 1 && options.mpi) c.per_workers.push_back({workers, ExchangeBackend::kMpi});
+  }
+  std::vector<std::vector<ProbeRuns>> probe_runs;
+  for (const WorkerCountCosts& w : c.per_workers) {
+    MOE_ASSIGN_OR_RETURN(probe_runs.emplace_back(),
+                         RunProbes(options.model_dir, *config, w.workers, w.backend, options.probe_runs));
   }
   c.kernel = MeasureKernel(c.matmul_in_features, c.matmul_out_features, options.weight_type, options.repeats);
 
@@ -262,19 +296,18 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
   // a decode step sends each peer per layer.
   const size_t small = 8 + 4 + 8 * static_cast<size_t>(config->top_k) + 4 * static_cast<size_t>(config->hidden_size);
   constexpr size_t kLarge = size_t{1} << 20;
-  for (int workers : options.workers) {
-    WorkerCountCosts w;
-    w.workers = workers;
-    if (workers > 1) {
-      absl::StatusOr<double> latency = MeasureExchange(workers, small, options.repeats);
-      if (!latency.ok()) return latency.status();
-      absl::StatusOr<double> large = MeasureExchange(workers, kLarge, std::max(5, options.repeats / 4));
-      if (!large.ok()) return large.status();
-      w.exchange_latency_s = *latency;
-      w.exchange_bandwidth = static_cast<double>((kLarge - small) * static_cast<size_t>(workers - 1)) /
-                             std::max(1e-9, *large - *latency);
+  for (WorkerCountCosts& w : c.per_workers) {
+    if (w.workers == 1) continue;  // no exchange
+    std::pair<double, double> seconds;  // small, large
+    if (w.backend == ExchangeBackend::kMpi) {
+      MOE_ASSIGN_OR_RETURN(seconds, MeasureMpiExchange(w.workers, small, options.repeats));
+    } else {
+      MOE_ASSIGN_OR_RETURN(seconds.first, MeasureExchange(w.workers, small, options.repeats));
+      MOE_ASSIGN_OR_RETURN(seconds.second, MeasureExchange(w.workers, kLarge, std::max(5, options.repeats / 4)));
     }
-    c.per_workers.push_back(w);
+    w.exchange_latency_s = seconds.first;
+    w.exchange_bandwidth = static_cast<double>((kLarge - small) * static_cast<size_t>(w.workers - 1)) /
+                           std::max(1e-9, seconds.second - seconds.first);
   }
   const sim::ModelShape shape = ServedShape(*config, options.model_dir, options.weight_type);
   for (size_t i = 0; i < c.per_workers.size(); ++i) {
@@ -297,8 +330,9 @@ nlohmann::json CalibrationJson(const Calibration& c) {
       probes.push_back({{"concurrency", p.concurrency}, {"measured", figures(p.measured)}, {"simulated", figures(p.simulated)}});
     }
     workers.push_back({{"workers", w.workers},
-                       {"grpc_exchange_latency_us", w.exchange_latency_s * 1e6},
-                       {"grpc_exchange_gbps", w.exchange_bandwidth / 1e9},
+                       {"backend", BackendName(w.backend)},
+                       {"exchange_latency_us", w.exchange_latency_s * 1e6},
+                       {"exchange_gbps", w.exchange_bandwidth / 1e9},
                        {"step_overhead_curve_us", CurveJson(w.step_overhead_curve_s, 1e6)},
                        {"prefill_step_overhead_us", w.prefill_step_overhead_s * 1e6},
                        {"prefill_row_overhead_us", w.prefill_row_overhead_s * 1e6},
@@ -313,6 +347,12 @@ nlohmann::json CalibrationJson(const Calibration& c) {
           {"per_workers", workers}};
 }
 
+const char* BackendName(ExchangeBackend backend) { return backend == ExchangeBackend::kMpi ? "mpi" : "grpc"; }
+
+std::string ClusterName(const WorkerCountCosts& costs) {
+  return absl::StrCat("this-machine-", costs.workers, "w", costs.backend == ExchangeBackend::kMpi ? "-mpi" : "");
+}
+
 nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCosts& costs) {
   double peak = 0;
   for (const KernelPoint& p : c.kernel) peak = std::max(peak, p.flops_per_s);
@@ -324,7 +364,7 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
       static_cast<double>(c.matmul_in_features * c.matmul_out_features) * static_cast<double>(DTypeSize(c.weight_type));
   const double one_row_s = 2.0 * static_cast<double>(c.matmul_in_features * c.matmul_out_features) / c.kernel.front().flops_per_s;
   nlohmann::json cluster = {
-      {"name", absl::StrCat("this-machine-", costs.workers, "w")},
+      {"name", ClusterName(costs)},
       {"device", {{"name", "this machine (1 thread)"}, {"peak_tflops", peak / 1e12},
                   {"memory_gbps", weight_bytes / one_row_s / 1e9}, {"efficiency", efficiency}}},
       {"topology", "loopback"},
@@ -338,7 +378,9 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
       {"fidelity", "flow"}};
   if (!costs.step_overhead_curve_s.empty()) cluster["step_overhead_curve_ns"] = CurveJson(costs.step_overhead_curve_s, 1e9);
   if (!costs.token_delivery_curve_s.empty()) cluster["token_delivery_curve_ns"] = CurveJson(costs.token_delivery_curve_s, 1e9);
-  if (costs.workers > 1) cluster["shape"] = {{"intra_host_gbps", costs.exchange_bandwidth / 1e9}, {"intra_host_latency_ns", 0}};
+  if (costs.workers > 1) {
+    cluster["shape"] = {{"intra_host_gbps", costs.exchange_bandwidth / 1e9}, {"intra_host_latency_ns", 0}};
+  }
   return cluster;
 }
 

@@ -5,9 +5,10 @@
 // Measured, each as the median of repeated runs:
 //   - the matmul kernel the experts and projections run (kernels/kernels.h, one thread, the served weight
 //     type) at the model's expert shape, by rows in the batch: the device's peak and efficiency curve;
-//   - the gRPC exchange backend (exchange/grpc_exchange.h) among N in-process ranks on loopback: an
-//     all-to-all of one dispatch record per peer (the latency every MoE layer pays twice) and of 1 MiB
-//     per peer (the bandwidth);
+//   - each exchange backend among N ranks: an all-to-all of one dispatch record per peer (the latency
+//     every MoE layer pays twice) and of 1 MiB per peer (the bandwidth); gRPC (exchange/grpc_exchange.h)
+//     among N in-process ranks on loopback ports, MPI (exchange/mpi_exchange.h) among N processes under
+//     mpirun (moe-bench-exchange --calibration-bytes);
 //   - the serving stack's own software cost, which neither of those covers, from probes of a real local
 //     cluster of N workers: 1, 4, 8 and 24 clients, each sending one short request at a time, each load
 //     run several times (medians). Per probe: the clients' decode time per token and mean TTFT, and the
@@ -55,10 +56,15 @@ struct ServingProbe {
   ProbeFigures measured, simulated;
 };
 
-// The costs that depend on how many workers share the machine: the simulator's ClusterSpec fields of
-// the same names, in seconds (curves: (sequences in the step, seconds)).
+enum class ExchangeBackend { kGrpc, kMpi };
+const char* BackendName(ExchangeBackend backend);  // "grpc", "mpi"
+
+// The costs of one cluster shape on this machine: `workers` workers exchanging over `backend`
+// (cluster/run-local for gRPC, cluster/run-mpi for MPI). The simulator's ClusterSpec fields of the same
+// names, in seconds (curves: (sequences in the step, seconds)).
 struct WorkerCountCosts {
   int workers = 0;
+  ExchangeBackend backend = ExchangeBackend::kGrpc;
   double exchange_latency_s = 0;  // small all-to-all among `workers` ranks (0 for one worker: no exchange)
   double exchange_bandwidth = 0;  // bytes/s one rank sends its peers in a large all-to-all (0 for one)
   std::vector<ServingProbe> probes;
@@ -74,7 +80,7 @@ struct Calibration {
   int64_t matmul_in_features = 0, matmul_out_features = 0;  // the measured matrix: hidden -> expert ffn
   DType weight_type = DType::kBF16;
   std::vector<KernelPoint> kernel;  // ascending rows
-  std::vector<WorkerCountCosts> per_workers;
+  std::vector<WorkerCountCosts> per_workers;  // by worker count, gRPC then (2+ workers) MPI
 };
 
 struct CalibrationOptions {
@@ -83,10 +89,11 @@ struct CalibrationOptions {
   DType weight_type = DType::kBF16;  // how the workers store the weights (the checkpoint's type)
   int repeats = 41;
   int probe_runs = 5;  // closed-loop runs per probe; the fit takes the medians of their figures
+  bool mpi = true;     // also the MPI clusters (cluster/run-mpi) of 2+ workers
 };
 
 // INVALID_ARGUMENT for an unreadable model config or a worker count < 1; INTERNAL when a loopback
-// server cannot start or an exchange fails; the cluster's error when a probe cluster does not start or
+// server cannot start, an exchange fails or mpirun does not report the MPI figures; the cluster's error when a probe cluster does not start or
 // a probe request fails.
 absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& options);
 
@@ -95,7 +102,9 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
 // kernel curve, loopback ports at the exchange bandwidth, the step fan-out and exchange latency as fixed
 // overheads, and each worker's share of the cores when the workers outnumber them.
 nlohmann::json CalibrationJson(const Calibration& calibration);
+// Named this-machine-<N>w (gRPC) or this-machine-<N>w-mpi.
 nlohmann::json ThisMachineClusterJson(const Calibration& calibration, const WorkerCountCosts& costs);
+std::string ClusterName(const WorkerCountCosts& costs);
 
 // Simulates a closed-loop load as the live cluster saw it: `concurrency` clients, each answered
 // request's prompt and answer length, uniform expert popularity, every request on `task` when given.

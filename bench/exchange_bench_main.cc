@@ -2,6 +2,9 @@
 // job (gRPC twice: as deployed, where same-host peers read blocks by address, and TCP-only, as between
 // hosts), side by side with plain MPI_Alltoallv on the same payloads, memcpy and loopback TCP bandwidth.
 //   mpirun --allow-run-as-root -np 4 build/bin/moe-bench-exchange [--hidden 4096] [--iters 20]
+// With --calibration-bytes B it measures only what moe-calibrate needs of the MPI backend, and rank 0
+// prints one line: "mpi_alltoall_seconds SMALL LARGE", the median all-to-all with B and with 1 MiB to
+// every peer.
 // Each rank sends tokens/size tokens of `hidden` values to every rank (tokens = 1..4096, F32 and BF16).
 // GB/s counts the bytes one rank sends to the other ranks per collective, over the median time. The three
 // variants take turns within each iteration (noise on this shared machine hits them alike).
@@ -55,11 +58,28 @@ int main(int argc, char** argv) {
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  int64_t hidden = 4096;
+  int64_t hidden = 4096, calibration_bytes = 0;
   int iters = 20;
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--hidden") == 0) hidden = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--calibration-bytes") == 0) calibration_bytes = std::atoll(argv[i + 1]);
+  }
+  if (calibration_bytes > 0) {
+    moe::MpiExchange mpi(MPI_COMM_WORLD);
+    uint64_t tag = 1;
+    std::vector<double> seconds;
+    for (const size_t bytes : {static_cast<size_t>(calibration_bytes), size_t{1} << 20}) {
+      moe::ExchangeBuffer payload, received;
+      payload.Layout(std::vector<size_t>(static_cast<size_t>(size), bytes));
+      std::memset(payload.block(0), rank, payload.total_bytes());
+      seconds.push_back(InterleavedMedianSeconds(iters, {[&] {
+                          if (!mpi.AllToAllV(tag++, payload, &received).ok()) MPI_Abort(MPI_COMM_WORLD, 1);
+                        }})[0]);
+    }
+    if (rank == 0) std::cout << absl::StrFormat("mpi_alltoall_seconds %.9f %.9f\n", seconds[0], seconds[1]);
+    MPI_Finalize();
+    return 0;
   }
 
   // gRPC backend, twice: as deployed (same-host peers read blocks by address) and with every block

@@ -1,13 +1,16 @@
 // moe-bench-sim-live: the simulator's predictions for the live local cluster beside the cluster's own
 // figures. For each worker count, on the full model and on a task expert map, it starts a real local
-// cluster (cluster/run-local), runs the closed-loop load of moe-loadgen against it, then simulates the
-// same requests (closed loop, the same concurrency, each request's prompt and answer length) on the
-// cluster file moe-calibrate wrote for that worker count. Prints predicted vs measured throughput, TTFT
-// p50/p90 and decode time per token, each error, and the median and worst absolute error.
+// cluster (cluster/run-local: all-to-all over gRPC; with --backends mpi also cluster/run-mpi for more
+// than one worker: all-to-all over MPI), runs the closed-loop load of moe-loadgen against it, then
+// simulates the same requests (closed loop, the same concurrency, each request's prompt and answer
+// length) on the cluster file moe-calibrate wrote for that worker count and backend. Prints predicted
+// vs measured throughput, TTFT p50/p90 and decode time per token, each error, and per backend the
+// median and worst absolute error.
 //   build/bin/moe-calibrate --model models/tiny-moe --out build/calibration
 //   build/bin/moe-bench-sim-live --model models/tiny-moe --calibration build/calibration
 //       [--expert-map DIR (default: moe-prune's add-uncurl-p2 for the model, made once under --calibration)]
-//       [--workers 1,2,4] [--requests 64] [--concurrency 16] [--prompt-len 12] [--max-tokens 16] [--repeats 3]
+//       [--workers 1,2,4] [--backends grpc,mpi] [--requests 64] [--concurrency 16] [--prompt-len 12]
+//       [--max-tokens 16] [--repeats 6]
 // Each live figure is the median of --repeats runs on the same cluster.
 // Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, or failed requests.
 #include <algorithm>
@@ -15,6 +18,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <map>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -30,6 +34,8 @@ ABSL_FLAG(std::string, model, "models/tiny-moe", "checkpoint directory");
 ABSL_FLAG(std::string, calibration, "build/calibration", "moe-calibrate's output directory");
 ABSL_FLAG(std::string, expert_map, "", "task expert map directory (empty: make add-uncurl-p2 with moe-prune)");
 ABSL_FLAG(std::vector<std::string>, workers, std::vector<std::string>({"1", "2", "4"}), "worker counts");
+ABSL_FLAG(std::vector<std::string>, backends, std::vector<std::string>({"grpc", "mpi"}),
+          "the workers' all-to-all: grpc (cluster/run-local) and/or mpi (cluster/run-mpi, 2+ workers)");
 ABSL_FLAG(int32_t, requests, 64, "requests per configuration");
 ABSL_FLAG(int32_t, concurrency, 16, "concurrent clients");
 ABSL_FLAG(int32_t, prompt_len, 12, "prompt tokens");
@@ -125,65 +131,76 @@ int main(int argc, char** argv) {
   std::cout << "| setup | tokens/s sim | live | err | TTFT p50 ms sim | live | err | TTFT p90 ms sim | live | err | "
                "ms/token sim | live | err | all2all KB/token sim | live |\n"
                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-  std::vector<double> errors;
+  std::map<std::string, std::vector<double>> errors;  // by backend
   // The live cluster against itself: the medians of the odd and of the even runs, the same four figures
   // per setup. How close any prediction can be expected to come on this machine.
   std::vector<double> live_spread;
+  const std::vector<std::string> backends = absl::GetFlag(FLAGS_backends);
+  for (const std::string& backend : backends) {
+    if (backend != "grpc" && backend != "mpi") return Fail("--backends must list grpc and/or mpi");
+  }
   for (const std::string& w : absl::GetFlag(FLAGS_workers)) {
     int workers = 0;
     if (!absl::SimpleAtoi(w, &workers) || workers < 1) return Fail("--workers must list positive integers");
-    const fs::path cluster_file = calibration_dir / absl::StrFormat("this-machine-%dw.json", workers);
-    absl::StatusOr<moe::sim::ClusterSpec> cluster = moe::sim::ClusterSpec::FromFile(cluster_file.string());
-    if (!cluster.ok()) return Fail(absl::StrCat(cluster.status().ToString(), " (run moe-calibrate first)"));
-    for (const bool with_map : {false, true}) {
-      const std::string task = with_map ? map->name : "";
-      std::vector<std::string> coordinator_flags;
-      if (with_map) coordinator_flags = {"--expert_maps", map_dir};
-      auto live = moe::LocalCluster::Start(model_dir, workers, coordinator_flags, std::chrono::seconds(180), {"--threads", "1"});
-      if (!live.ok()) return Fail(live.status().ToString());
-      moe::bench::RunClosedLoop((*live)->address(), {prompts[0]}, 1, {2, task, true});  // warm-up: connections, first touch
-      std::vector<Figures> live_runs;
-      moe::bench::LoadResult load;
-      for (int run = 0; run < repeats; ++run) {
-        load = moe::bench::RunClosedLoop((*live)->address(), prompts, concurrency, {max_tokens, task, /*ignore_eos=*/true});
-        if (load.failures > 0) break;
-        live_runs.push_back(Measured(load));
-      }
-      if (!(*live)->Stop().ok()) std::cerr << "moe-bench-sim-live: the cluster did not stop cleanly\n";
-      if (load.failures > 0) return Fail(absl::StrCat(load.failures, " requests failed on ", workers, " workers"));
-
-      std::optional<moe::sim::TaskProfile> task_profile;
-      if (with_map) task_profile = moe::sim::TaskProfile{map->name, 1.0, kept_fraction, 1.0};
-      absl::StatusOr<moe::sim::SimReport> report =
-          moe::bench::SimulateClosedLoop(*config, shape, *cluster, load, concurrency, task_profile);
-      if (!report.ok()) return Fail(report.status().ToString());
-
-      const Figures p = Predicted(*report), m = MedianOf(live_runs);
-      if (live_runs.size() >= 2) {
-        std::vector<Figures> odd, even;
-        for (size_t i = 0; i < live_runs.size(); ++i) (i % 2 ? odd : even).push_back(live_runs[i]);
-        const Figures a = MedianOf(odd), b = MedianOf(even);
-        for (double Figures::*f : {&Figures::tokens_per_s, &Figures::ttft_p50_s, &Figures::ttft_p90_s, &Figures::inter_token_s}) {
-          live_spread.push_back(std::abs(a.*f - b.*f) / std::max(1e-12, b.*f));
+    for (const std::string& backend : backends) {
+      const bool mpi = backend == "mpi";
+      if (mpi && workers == 1) continue;  // one worker exchanges nothing
+      const fs::path cluster_file = calibration_dir / absl::StrFormat("this-machine-%dw%s.json", workers, mpi ? "-mpi" : "");
+      absl::StatusOr<moe::sim::ClusterSpec> cluster = moe::sim::ClusterSpec::FromFile(cluster_file.string());
+      if (!cluster.ok()) return Fail(absl::StrCat(cluster.status().ToString(), " (run moe-calibrate first)"));
+      for (const bool with_map : {false, true}) {
+        const std::string task = with_map ? map->name : "";
+        std::vector<std::string> coordinator_flags;
+        if (with_map) coordinator_flags = {"--expert_maps", map_dir};
+        auto live = moe::LocalCluster::Start(model_dir, workers, coordinator_flags, std::chrono::seconds(180),
+                                             {"--threads", "1"}, mpi ? "run-mpi" : "run-local");
+        if (!live.ok()) return Fail(live.status().ToString());
+        moe::bench::RunClosedLoop((*live)->address(), {prompts[0]}, 1, {2, task, true});  // warm-up: connections, first touch
+        std::vector<Figures> live_runs;
+        moe::bench::LoadResult load;
+        for (int run = 0; run < repeats; ++run) {
+          load = moe::bench::RunClosedLoop((*live)->address(), prompts, concurrency, {max_tokens, task, /*ignore_eos=*/true});
+          if (load.failures > 0) break;
+          live_runs.push_back(Measured(load));
         }
+        if (!(*live)->Stop().ok()) std::cerr << "moe-bench-sim-live: the cluster did not stop cleanly\n";
+        if (load.failures > 0) return Fail(absl::StrCat(load.failures, " requests failed on ", workers, " workers"));
+
+        std::optional<moe::sim::TaskProfile> task_profile;
+        if (with_map) task_profile = moe::sim::TaskProfile{map->name, 1.0, kept_fraction, 1.0};
+        absl::StatusOr<moe::sim::SimReport> report =
+            moe::bench::SimulateClosedLoop(*config, shape, *cluster, load, concurrency, task_profile);
+        if (!report.ok()) return Fail(report.status().ToString());
+
+        const Figures p = Predicted(*report), m = MedianOf(live_runs);
+        if (live_runs.size() >= 2) {
+          std::vector<Figures> odd, even;
+          for (size_t i = 0; i < live_runs.size(); ++i) (i % 2 ? odd : even).push_back(live_runs[i]);
+          const Figures a = MedianOf(odd), b = MedianOf(even);
+          for (double Figures::*f : {&Figures::tokens_per_s, &Figures::ttft_p50_s, &Figures::ttft_p90_s, &Figures::inter_token_s}) {
+            live_spread.push_back(std::abs(a.*f - b.*f) / std::max(1e-12, b.*f));
+          }
+        }
+        auto err = [&errors, &backend](double predicted, double measured) {
+          const double e = measured > 0 ? (predicted - measured) / measured : 0;
+          errors[backend].push_back(std::abs(e));
+          return absl::StrFormat("%+.0f%%", 100 * e);
+        };
+        std::cout << absl::StrFormat("| %d worker%s%s, %s | %.0f | %.0f | %s | %.2f | %.2f | %s | %.2f | %.2f | %s | %.2f | %.2f | %s | %.2f | %.2f |\n",
+                                     workers, workers > 1 ? "s" : "", mpi ? " (MPI)" : "", with_map ? map->name : "full model",
+                                     p.tokens_per_s, m.tokens_per_s, err(p.tokens_per_s, m.tokens_per_s), p.ttft_p50_s * 1e3,
+                                     m.ttft_p50_s * 1e3, err(p.ttft_p50_s, m.ttft_p50_s), p.ttft_p90_s * 1e3, m.ttft_p90_s * 1e3,
+                                     err(p.ttft_p90_s, m.ttft_p90_s), p.inter_token_s * 1e3, m.inter_token_s * 1e3,
+                                     err(p.inter_token_s, m.inter_token_s), p.all2all_bytes_per_token / 1e3,
+                                     m.all2all_bytes_per_token / 1e3)
+                  << std::flush;
       }
-      auto err = [&errors](double predicted, double measured) {
-        const double e = measured > 0 ? (predicted - measured) / measured : 0;
-        errors.push_back(std::abs(e));
-        return absl::StrFormat("%+.0f%%", 100 * e);
-      };
-      std::cout << absl::StrFormat("| %d worker%s, %s | %.0f | %.0f | %s | %.2f | %.2f | %s | %.2f | %.2f | %s | %.2f | %.2f | %s | %.2f | %.2f |\n",
-                                   workers, workers > 1 ? "s" : "", with_map ? map->name : "full model", p.tokens_per_s,
-                                   m.tokens_per_s, err(p.tokens_per_s, m.tokens_per_s), p.ttft_p50_s * 1e3, m.ttft_p50_s * 1e3,
-                                   err(p.ttft_p50_s, m.ttft_p50_s), p.ttft_p90_s * 1e3, m.ttft_p90_s * 1e3,
-                                   err(p.ttft_p90_s, m.ttft_p90_s), p.inter_token_s * 1e3, m.inter_token_s * 1e3,
-                                   err(p.inter_token_s, m.inter_token_s), p.all2all_bytes_per_token / 1e3,
-                                   m.all2all_bytes_per_token / 1e3)
-                << std::flush;
     }
   }
-  std::cout << absl::StrFormat("absolute error over %d figures: median %.0f%%, worst %.0f%% (targets: 10%%, 25%%)\n",
-                               errors.size(), 100 * Quantile(errors, 0.5), 100 * Quantile(errors, 1.0));
+  for (const auto& [backend, e] : errors) {
+    std::cout << absl::StrFormat("%s clusters, absolute error over %d figures: median %.0f%%, worst %.0f%% (targets: 10%%, 25%%)\n",
+                                 backend == "mpi" ? "MPI" : "gRPC", e.size(), 100 * Quantile(e, 0.5), 100 * Quantile(e, 1.0));
+  }
   if (!live_spread.empty()) {
     std::cout << absl::StrFormat("live against live (medians of the odd runs vs the even runs) over %d figures: median %.0f%%, worst %.0f%%\n",
                                  live_spread.size(), 100 * Quantile(live_spread, 0.5), 100 * Quantile(live_spread, 1.0));
