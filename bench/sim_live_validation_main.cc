@@ -10,7 +10,7 @@
 //   build/bin/moe-bench-sim-live --model models/tiny-moe --calibration build/calibration
 //       [--expert-map DIR (default: moe-prune's add-uncurl-p2 for the model, made once under --calibration)]
 //       [--workers 1,2,4] [--backends grpc,mpi] [--requests 64] [--concurrency 16] [--prompt-len 12]
-//       [--max-tokens 16] [--repeats 6]
+//       [--max-tokens 16] [--repeats 8]
 // Each live figure is the median of --repeats runs on the same cluster.
 // Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, or failed requests.
 #include <algorithm>
@@ -40,7 +40,7 @@ ABSL_FLAG(int32_t, requests, 64, "requests per configuration");
 ABSL_FLAG(int32_t, concurrency, 16, "concurrent clients");
 ABSL_FLAG(int32_t, prompt_len, 12, "prompt tokens");
 ABSL_FLAG(int32_t, max_tokens, 16, "tokens per answer (the end-of-sequence token ignored)");
-ABSL_FLAG(int32_t, repeats, 6, "live runs per configuration; each live figure is their median; the odd and even runs' medians are also compared with each other (the noise floor)");
+ABSL_FLAG(int32_t, repeats, 8, "live runs per configuration; each live figure is their median; the odd and even runs' medians are also compared with each other (the noise floor)");
 ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
 
 namespace {
