@@ -187,8 +187,10 @@ absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, c
 //   - the prefill costs by the coordinator TTFT of the one-client probe (one prefill step of one
 //     prompt, nothing else running) and of the busiest probe (prefill steps of several prompts): per
 //     step and per row (two probes, two unknowns, at the rows per prefill step the simulator saw);
-//   - each probe's point of the token-delivery curve by its clients' median TTFT, with the intake fixed
-//     at half the one-client front end (client TTFT - coordinator TTFT).
+//   - the token-delivery curve, a line in the streams per step (probe to probe the front end's figures
+//     are too noisy for a point each), by the least-squares line through the probes' misses of the
+//     clients' median TTFT, with the intake fixed at half the one-client front end (client TTFT -
+//     coordinator TTFT).
 constexpr int kFitRounds = 8;
 
 absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShape& shape, const Calibration& c,
@@ -221,29 +223,48 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
   const size_t busiest = runs.size() - 1;
   const ProbeFigures& alone = costs->probes[0].measured;  // one client: every TTFT alike
   costs->request_overhead_s = std::max(0.0, (alone.client_ttft_p50_s - alone.coordinator_ttft_s) / 2);
+  double delivery_at_zero = 0, delivery_per_stream = 0;  // the token-delivery line
+  const auto set_delivery_curve = [&] {
+    for (auto& [x, seconds] : costs->token_delivery_curve_s) {
+      seconds = std::max(0.0, delivery_at_zero + delivery_per_stream * static_cast<double>(x));
+    }
+  };
   for (size_t i = 0; i < runs.size(); ++i) {
     const ProbeFigures& m = costs->probes[i].measured;
     costs->step_overhead_curve_s.emplace_back(runs[i].concurrency, std::max(0.0, m.decode_s - bare[i].figures.decode_s));
-    costs->token_delivery_curve_s.emplace_back(
-        runs[i].concurrency, std::max(0.0, m.client_ttft_p50_s - m.coordinator_ttft_s - costs->request_overhead_s));
+    costs->token_delivery_curve_s.emplace_back(runs[i].concurrency, 0.0);
   }
   for (int round = 0; round < kFitRounds; ++round) {
     std::vector<Simulated> now;
+    std::vector<double> x, ttft_miss;
     for (size_t i = 0; i < runs.size(); ++i) {
       MOE_ASSIGN_OR_RETURN(now.emplace_back(), simulate(runs[i]));
       const ProbeFigures& m = costs->probes[i].measured;
       const ProbeFigures& s = now.back().figures;
       double& step = costs->step_overhead_curve_s[i].second;
-      double& delivery = costs->token_delivery_curve_s[i].second;
       step = std::max(0.0, step + m.decode_s - s.decode_s);
-      delivery = std::max(0.0, delivery + m.client_ttft_p50_s - s.client_ttft_p50_s);
+      x.push_back(static_cast<double>(costs->token_delivery_curve_s[i].first));
+      ttft_miss.push_back(m.client_ttft_p50_s - s.client_ttft_p50_s);
     }
+    // The least-squares line through the misses, taken in steps of 0.7 (the misses also move with the
+    // other costs).
+    const double n = static_cast<double>(x.size());
+    double mean_x = 0, mean_miss = 0, sxx = 0, sxy = 0;
+    for (size_t i = 0; i < x.size(); ++i) mean_x += x[i] / n, mean_miss += ttft_miss[i] / n;
+    for (size_t i = 0; i < x.size(); ++i) {
+      sxx += (x[i] - mean_x) * (x[i] - mean_x);
+      sxy += (x[i] - mean_x) * (ttft_miss[i] - mean_miss);
+    }
+    const double slope = sxx > 0 ? sxy / sxx : 0;
+    delivery_per_stream += 0.7 * slope;
+    delivery_at_zero += 0.7 * (mean_miss - slope * mean_x);
     // Each curve point sits at the sequences per step the simulator ran the probe with (ascending).
     for (size_t i = 0; i < runs.size(); ++i) {
       const int64_t at = std::llround(now[i].sequences_per_step);
-      const int64_t x = i == 0 ? std::max<int64_t>(1, at) : std::max(costs->step_overhead_curve_s[i - 1].first + 1, at);
-      costs->step_overhead_curve_s[i].first = costs->token_delivery_curve_s[i].first = x;
+      const int64_t xi = i == 0 ? std::max<int64_t>(1, at) : std::max(costs->step_overhead_curve_s[i - 1].first + 1, at);
+      costs->step_overhead_curve_s[i].first = costs->token_delivery_curve_s[i].first = xi;
     }
+    set_delivery_curve();
     const double miss_one = costs->probes[0].measured.coordinator_ttft_s - now[0].figures.coordinator_ttft_s;
     const double miss_busy = costs->probes[busiest].measured.coordinator_ttft_s - now[busiest].figures.coordinator_ttft_s;
     const double rows_one = now[0].rows_per_prefill_step, rows_busy = now[busiest].rows_per_prefill_step;
