@@ -13,8 +13,6 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_format.h"
 #include "bench/calibration.h"
-#include "checkpoint/model_config.h"
-#include "router/expert_map.h"
 #include "common/flags.h"
 #include "common/log.h"
 #include "common/memory.h"
@@ -24,9 +22,6 @@ ABSL_FLAG(std::string, out, "build/calibration", "directory for calibration.json
 ABSL_FLAG(std::vector<std::string>, workers, std::vector<std::string>({"1", "2", "4"}), "worker counts");
 ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
 ABSL_FLAG(int32_t, repeats, 41, "samples per measurement (the median is kept)");
-ABSL_FLAG(std::string, tasks, "data/tasks", "the task suite moe-prune reads for the map probe");
-ABSL_FLAG(std::string, probe_map_task, "reverse",
-          "the task whose UNCURL map (made under --out/maps) the map probe uses; empty: no map probe");
 ABSL_FLAG(bool, mpi, true, "also probe the MPI clusters (cluster/run-mpi) of 2+ workers and measure the MPI backend");
 ABSL_FLAG(int32_t, probe_runs, 5, "closed-loop runs of each live probe (the medians are kept)");
 
@@ -61,18 +56,6 @@ int main(int argc, char** argv) {
     if (!absl::SimpleAtoi(w, &n) || n < 1) return Fail("--workers must list positive integers");
     options.workers.push_back(n);
   }
-  const std::filesystem::path out = absl::GetFlag(FLAGS_out);
-  if (const std::string task = absl::GetFlag(FLAGS_probe_map_task); !task.empty()) {
-    absl::StatusOr<std::string> dir =
-        moe::bench::EnsureTaskMap(options.model_dir, absl::GetFlag(FLAGS_tasks), (out / "maps").string(), task);
-    if (!dir.ok()) return Fail(dir.status().ToString());
-    absl::StatusOr<moe::ExpertMap> map = moe::ReadExpertMap(*dir, /*with_weights=*/false);
-    absl::StatusOr<moe::ModelConfig> config = moe::ModelConfig::FromFile(options.model_dir + "/config.json");
-    if (!map.ok() || !config.ok()) return Fail(!map.ok() ? map.status().ToString() : config.status().ToString());
-    options.probe_map_dir = *dir;
-    options.probe_map_name = map->name;
-    options.probe_map_kept_fraction = map->MeanReachableExperts() / static_cast<double>(config->num_experts);
-  }
   absl::StatusOr<moe::bench::Calibration> c = moe::bench::CalibrateThisMachine(options);
   if (!c.ok()) return Fail(c.status().ToString());
 
@@ -82,28 +65,26 @@ int main(int argc, char** argv) {
   const auto cluster_label = [](const moe::bench::WorkerCountCosts& w) {
     return absl::StrFormat("%d, %s", w.workers, moe::bench::BackendName(w.backend));
   };
-  std::cout << "| workers, exchange | all-to-all latency us | all-to-all GB/s per rank | per record us | prefill per-step us | "
-               "prefill per-row us | intake us |\n|---|---|---|---|---|---|---|\n";
+  std::cout << "| workers, exchange | all-to-all latency us | all-to-all GB/s per rank | prefill per-step us | "
+               "prefill per-row us | intake us |\n|---|---|---|---|---|---|\n";
   for (const auto& w : c->per_workers) {
-    std::cout << absl::StrFormat("| %s | %.0f | %.3f | %.1f | %.0f | %.0f | %.0f |\n", cluster_label(w), w.exchange_latency_s * 1e6,
-                                 w.exchange_bandwidth / 1e9, w.record_overhead_s * 1e6, w.prefill_step_overhead_s * 1e6,
-                                 w.prefill_row_overhead_s * 1e6, w.request_overhead_s * 1e6);
+    std::cout << absl::StrFormat("| %s | %.0f | %.3f | %.0f | %.0f | %.0f |\n", cluster_label(w), w.exchange_latency_s * 1e6,
+                                 w.exchange_bandwidth / 1e9, w.prefill_step_overhead_s * 1e6, w.prefill_row_overhead_s * 1e6,
+                                 w.request_overhead_s * 1e6);
   }
   std::cout << "| workers, exchange | clients | decode ms/token live | sim | client TTFT p50 ms live | sim | coordinator mean "
                "TTFT ms live | sim | fitted step overhead us | fitted token delivery us |\n|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& w : c->per_workers) {
     for (size_t i = 0; i < w.probes.size(); ++i) {
       const auto& p = w.probes[i];
-      const bool on_curve = i < w.step_overhead_curve_s.size();  // the map probe has no curve point
-      std::cout << absl::StrFormat("| %s | %d%s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %s |\n", cluster_label(w),
-                                   p.concurrency, p.task.empty() ? "" : " (" + p.task + ")", p.measured.decode_s * 1e3,
-                                   p.simulated.decode_s * 1e3, p.measured.client_ttft_p50_s * 1e3,
-                                   p.simulated.client_ttft_p50_s * 1e3, p.measured.coordinator_ttft_s * 1e3,
-                                   p.simulated.coordinator_ttft_s * 1e3,
-                                   on_curve ? absl::StrFormat("%.0f", w.step_overhead_curve_s[i].second * 1e6) : "-",
-                                   on_curve ? absl::StrFormat("%.0f", w.token_delivery_curve_s[i].second * 1e6) : "-");
+      std::cout << absl::StrFormat("| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f |\n", cluster_label(w),
+                                   p.concurrency, p.measured.decode_s * 1e3, p.simulated.decode_s * 1e3,
+                                   p.measured.client_ttft_p50_s * 1e3, p.simulated.client_ttft_p50_s * 1e3,
+                                   p.measured.coordinator_ttft_s * 1e3, p.simulated.coordinator_ttft_s * 1e3,
+                                   w.step_overhead_curve_s[i].second * 1e6, w.token_delivery_curve_s[i].second * 1e6);
     }
   }
+  const std::filesystem::path out = absl::GetFlag(FLAGS_out);
   std::error_code ec;
   std::filesystem::create_directories(out, ec);
   if (ec) return Fail("cannot create " + out.string() + ": " + ec.message());

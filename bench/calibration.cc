@@ -5,7 +5,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -125,7 +124,6 @@ absl::StatusOr<std::pair<double, double>> MeasureMpiExchange(int ranks, size_t s
 // thread of this process competes with the cluster.
 constexpr int kProbeConcurrency[] = {1, 4, 8, 24};
 constexpr int kProbePromptTokens = 12, kProbeMaxTokens = 32;
-constexpr int kMapProbeConcurrency = 8;  // the task-map probe: compared with the full model's 8-client probe
 int ProbeRequests(int concurrency) { return std::max(12, 4 * concurrency); }
 
 // One probe's load, repeated: the requests' shapes (the same every run: answers of exactly
@@ -133,7 +131,6 @@ int ProbeRequests(int concurrency) { return std::max(12, 4 * concurrency); }
 // median TTFT, and of the coordinator's mean TTFT.
 struct ProbeRuns {
   int concurrency = 0;
-  std::string task;  // the expert map every request goes through ("": the full model)
   LoadResult shapes;
   double inter_token_s = 0, client_ttft_p50_s = 0, coordinator_ttft_s = 0;
 };
@@ -148,28 +145,21 @@ absl::StatusOr<std::pair<double, double>> CoordinatorTtft(const LocalCluster& cl
 }
 
 absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, const ModelConfig& config, int workers,
-                                                 ExchangeBackend backend, int runs, const CalibrationOptions& options) {
-  const bool map_probe = workers > 1 && !options.probe_map_dir.empty();
-  std::vector<std::string> flags;
-  if (map_probe) flags = {"--expert_maps", options.probe_map_dir};
+                                                 ExchangeBackend backend, int runs) {
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<LocalCluster> live,
-                       LocalCluster::Start(model_dir, workers, flags, std::chrono::seconds(180), {"--threads", "1"},
+                       LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"},
                                            backend == ExchangeBackend::kMpi ? "run-mpi" : "run-local"));
-  std::vector<std::pair<int, std::string>> loads;  // (clients, task)
-  for (int concurrency : kProbeConcurrency) loads.emplace_back(concurrency, "");
-  if (map_probe) loads.emplace_back(kMapProbeConcurrency, options.probe_map_name);
   std::vector<ProbeRuns> probes;
-  for (const auto& [concurrency, task] : loads) {
+  for (int concurrency : kProbeConcurrency) {
     const std::vector<std::vector<int32_t>> prompts = RandomPrompts(
         config.vocab_size, config.bos_token_id, ProbeRequests(concurrency), kProbePromptTokens, /*seed=*/7);
-    RunClosedLoop(live->address(), {prompts[0]}, 1, {2, task, true});  // warm-up: connections, first touch
+    RunClosedLoop(live->address(), {prompts[0]}, 1, {2, "", true});  // warm-up: connections, first touch
     ProbeRuns& probe = probes.emplace_back();
     probe.concurrency = concurrency;
-    probe.task = task;
     std::vector<double> inter_token, client_ttft, coordinator_ttft;
     for (int run = 0; run < runs; ++run) {
       MOE_ASSIGN_OR_RETURN(const auto before, CoordinatorTtft(*live));
-      LoadResult load = RunClosedLoop(live->address(), prompts, concurrency, {kProbeMaxTokens, task, /*ignore_eos=*/true});
+      LoadResult load = RunClosedLoop(live->address(), prompts, concurrency, {kProbeMaxTokens, "", /*ignore_eos=*/true});
       if (load.failures > 0) {
         return absl::InternalError(absl::StrCat("calibration: ", load.failures, " probe requests failed"));
       }
@@ -204,37 +194,26 @@ absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, c
 constexpr int kFitRounds = 8;
 
 absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShape& shape, const Calibration& c,
-                                 const std::vector<ProbeRuns>& all_runs, double map_kept_fraction, WorkerCountCosts* costs) {
-  // The full model's probes (one curve point each), then possibly the task map's.
-  const std::vector<ProbeRuns> runs(all_runs.begin(), all_runs.begin() + std::size(kProbeConcurrency));
-  const ProbeRuns* map_run = all_runs.size() > runs.size() ? &all_runs.back() : nullptr;
-  const size_t alike = static_cast<size_t>(std::find(std::begin(kProbeConcurrency), std::end(kProbeConcurrency),
-                                                     kMapProbeConcurrency) - std::begin(kProbeConcurrency));
+                                 const std::vector<ProbeRuns>& runs, WorkerCountCosts* costs) {
   struct Simulated {
     ProbeFigures figures;
-    double rows_per_prefill_step = 0, sequences_per_step = 0, records_per_token = 0;
+    double rows_per_prefill_step = 0, sequences_per_step = 0;
   };
-  const double record_bytes = shape.DispatchRecordBytes() + shape.CombineRecordBytes();
   auto simulate = [&](const ProbeRuns& probe) -> absl::StatusOr<Simulated> {
     MOE_ASSIGN_OR_RETURN(sim::ClusterSpec cluster,
                          sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, *costs).dump(), "calibration", ""));
-    std::optional<sim::TaskProfile> task;
-    if (!probe.task.empty()) task = sim::TaskProfile{probe.task, 1.0, map_kept_fraction, 1.0};
-    MOE_ASSIGN_OR_RETURN(sim::SimReport report, SimulateClosedLoop(config, shape, cluster, probe.shapes, probe.concurrency, task));
-    const double tokens = std::max<double>(1, static_cast<double>(report.tokens));
+    MOE_ASSIGN_OR_RETURN(sim::SimReport report,
+                         SimulateClosedLoop(config, shape, cluster, probe.shapes, probe.concurrency, std::nullopt));
     return Simulated{{report.inter_token.MeanSeconds(), report.ttft.Percentile(0.5), report.coordinator_ttft.MeanSeconds()},
                      static_cast<double>(report.prefill_rows) / std::max<double>(1, static_cast<double>(report.prefill_steps)),
-                     tokens / std::max<double>(1, static_cast<double>(report.steps)),
-                     report.all2all_bytes / tokens / record_bytes};
+                     static_cast<double>(report.tokens) / std::max<double>(1, static_cast<double>(report.steps))};
   };
   costs->probes.clear();
   costs->step_overhead_curve_s.clear();
   costs->token_delivery_curve_s.clear();
   costs->prefill_step_overhead_s = costs->prefill_row_overhead_s = costs->request_overhead_s = 0;
-  costs->record_overhead_s = 0;
-  for (const ProbeRuns& probe : all_runs) {
-    costs->probes.push_back(
-        {probe.concurrency, probe.task, {probe.inter_token_s, probe.client_ttft_p50_s, probe.coordinator_ttft_s}, {}});
+  for (const ProbeRuns& probe : runs) {
+    costs->probes.push_back({probe.concurrency, {probe.inter_token_s, probe.client_ttft_p50_s, probe.coordinator_ttft_s}, {}});
   }
   // Starting points: the simulator without any software cost.
   std::vector<Simulated> bare;
@@ -286,19 +265,6 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
       costs->step_overhead_curve_s[i].first = costs->token_delivery_curve_s[i].first = xi;
     }
     set_delivery_curve();
-    if (map_run != nullptr) {
-      // The map's saving against the full model at the same load, live and simulated: what the
-      // simulator misses of it is records' cost, at 2 x records per token x sequences per step / workers
-      // (each record is packed by its sender and served by its expert's owner) per second of it.
-      MOE_ASSIGN_OR_RETURN(const Simulated mapped, simulate(*map_run));
-      const double live_saving = costs->probes[alike].measured.decode_s - costs->probes.back().measured.decode_s;
-      const double simulated_saving = now[alike].figures.decode_s - mapped.figures.decode_s;
-      const double per_second = 2 * now[alike].records_per_token * now[alike].sequences_per_step / costs->workers;
-      if (per_second > 0) {
-        costs->record_overhead_s =
-            std::max(0.0, costs->record_overhead_s + 0.5 * (live_saving - simulated_saving) / per_second);
-      }
-    }
     const double miss_one = costs->probes[0].measured.coordinator_ttft_s - now[0].figures.coordinator_ttft_s;
     const double miss_busy = costs->probes[busiest].measured.coordinator_ttft_s - now[busiest].figures.coordinator_ttft_s;
     const double rows_one = now[0].rows_per_prefill_step, rows_busy = now[busiest].rows_per_prefill_step;
@@ -310,8 +276,8 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
     costs->prefill_step_overhead_s = std::max(
         0.0, costs->prefill_step_overhead_s + miss_one - rows_one * (costs->prefill_row_overhead_s - row_before));
   }
-  for (size_t i = 0; i < all_runs.size(); ++i) {
-    MOE_ASSIGN_OR_RETURN(const Simulated s, simulate(all_runs[i]));
+  for (size_t i = 0; i < runs.size(); ++i) {
+    MOE_ASSIGN_OR_RETURN(const Simulated s, simulate(runs[i]));
     costs->probes[i].simulated = s.figures;
   }
   return absl::OkStatus();
@@ -343,7 +309,7 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
   std::vector<std::vector<ProbeRuns>> probe_runs;
   for (const WorkerCountCosts& w : c.per_workers) {
     MOE_ASSIGN_OR_RETURN(probe_runs.emplace_back(),
-                         RunProbes(options.model_dir, *config, w.workers, w.backend, options.probe_runs, options));
+                         RunProbes(options.model_dir, *config, w.workers, w.backend, options.probe_runs));
   }
   c.kernel = MeasureKernel(c.matmul_in_features, c.matmul_out_features, options.weight_type, options.repeats);
 
@@ -366,8 +332,7 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
   }
   const sim::ModelShape shape = ServedShape(*config, options.model_dir, options.weight_type);
   for (size_t i = 0; i < c.per_workers.size(); ++i) {
-    MOE_RETURN_IF_ERROR(
-        FitServingOverheads(*config, shape, c, probe_runs[i], options.probe_map_kept_fraction, &c.per_workers[i]));
+    MOE_RETURN_IF_ERROR(FitServingOverheads(*config, shape, c, probe_runs[i], &c.per_workers[i]));
   }
   return c;
 }
@@ -383,15 +348,13 @@ nlohmann::json CalibrationJson(const Calibration& c) {
   for (const WorkerCountCosts& w : c.per_workers) {
     nlohmann::json probes = nlohmann::json::array();
     for (const ServingProbe& p : w.probes) {
-      probes.push_back({{"concurrency", p.concurrency}, {"task", p.task}, {"measured", figures(p.measured)},
-                        {"simulated", figures(p.simulated)}});
+      probes.push_back({{"concurrency", p.concurrency}, {"measured", figures(p.measured)}, {"simulated", figures(p.simulated)}});
     }
     workers.push_back({{"workers", w.workers},
                        {"backend", BackendName(w.backend)},
                        {"exchange_latency_us", w.exchange_latency_s * 1e6},
                        {"exchange_gbps", w.exchange_bandwidth / 1e9},
                        {"step_overhead_curve_us", CurveJson(w.step_overhead_curve_s, 1e6)},
-                       {"record_overhead_us", w.record_overhead_s * 1e6},
                        {"prefill_step_overhead_us", w.prefill_step_overhead_s * 1e6},
                        {"prefill_row_overhead_us", w.prefill_row_overhead_s * 1e6},
                        {"request_overhead_us", w.request_overhead_s * 1e6},
@@ -431,7 +394,6 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
       {"prefill_row_overhead_ns", static_cast<int64_t>(costs.prefill_row_overhead_s * 1e9)},
       {"request_overhead_ns", static_cast<int64_t>(costs.request_overhead_s * 1e9)},
       {"collective_overhead_ns", static_cast<int64_t>(costs.exchange_latency_s * 1e9)},
-      {"record_overhead_ns", static_cast<int64_t>(costs.record_overhead_s * 1e9)},
       {"compute_share", std::min(1.0, static_cast<double>(c.cores) / costs.workers)},
       {"front_end_jitter", true},
       {"fidelity", "flow"}};
@@ -446,20 +408,6 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
 }  // namespace moe::bench
 
 namespace moe::bench {
-
-absl::StatusOr<std::string> EnsureTaskMap(const std::string& model_dir, const std::string& tasks_dir,
-                                          const std::string& maps_dir, const std::string& task) {
-  const std::filesystem::path dir = std::filesystem::path(maps_dir) / (task + "-uncurl-p2");
-  if (std::filesystem::exists(dir / "manifest.json")) return dir.string();
-  const std::filesystem::path prune = std::filesystem::read_symlink("/proc/self/exe").parent_path() / "moe-prune";
-  const std::string command =
-      absl::StrCat("'", prune.string(), "' --model '", model_dir, "' --tasks '", tasks_dir, "' --task ", task,
-                   " --methods uncurl --pruning-factors 2 --out '", maps_dir, "' > /dev/null");
-  if (std::system(command.c_str()) != 0 || !std::filesystem::exists(dir / "manifest.json")) {
-    return absl::InternalError(absl::StrCat("moe-prune did not make ", dir.string(), " (tasks from ", tasks_dir, ")"));
-  }
-  return dir.string();
-}
 
 std::optional<DType> ServedWeightType(const std::string& name) {
   if (name == "bf16") return DType::kBF16;

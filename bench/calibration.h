@@ -17,8 +17,6 @@
 //       - the step's cost by sequences in it (a curve, one point per probe), from the decode times;
 //       - the prefill's cost per step and per prompt row after the first, from the coordinator TTFT of
 //         the one-client and the 24-client probes;
-//       - the exchange's CPU cost per record, from a probe through a task map at home (no records)
-//         against the full model at the same load (2+ workers);
 //       - the front end (the clients' TTFT beyond the coordinator's): the coordinator's intake, half of
 //         the one-client figure (the other half is the way back; a hand trace of the one-worker probe
 //         measured 0.21 ms in and 0.19 ms out), and the token's way back by streams in flight (a curve,
@@ -55,7 +53,6 @@ struct ProbeFigures {
 // One probe of the live cluster, measured and as the calibrated simulator reproduces it.
 struct ServingProbe {
   int concurrency = 0;
-  std::string task;  // the expert map every request went through ("": the full model)
   ProbeFigures measured, simulated;
 };
 
@@ -70,8 +67,7 @@ struct WorkerCountCosts {
   ExchangeBackend backend = ExchangeBackend::kGrpc;
   double exchange_latency_s = 0;  // small all-to-all among `workers` ranks (0 for one worker: no exchange)
   double exchange_bandwidth = 0;  // bytes/s one rank sends its peers in a large all-to-all (0 for one)
-  std::vector<ServingProbe> probes;  // the full model by clients, then (2+ workers, given a map) the map's
-  double record_overhead_s = 0;
+  std::vector<ServingProbe> probes;
   std::vector<std::pair<int64_t, double>> step_overhead_curve_s;
   double prefill_step_overhead_s = 0, prefill_row_overhead_s = 0;
   double request_overhead_s = 0;
@@ -94,11 +90,6 @@ struct CalibrationOptions {
   int repeats = 41;
   int probe_runs = 5;  // closed-loop runs per probe; the fit takes the medians of their figures
   bool mpi = true;     // also the MPI clusters (cluster/run-mpi) of 2+ workers
-  // A task expert map (moe-prune's UNCURL map of a task, so at home on one worker): with 2+ workers one
-  // more probe sends every request through it, which gives the exchange's cost per record (the map
-  // removes the records). Empty: no such probe, record_overhead 0.
-  std::string probe_map_dir, probe_map_name;
-  double probe_map_kept_fraction = 1;
 };
 
 // INVALID_ARGUMENT for an unreadable model config or a worker count < 1; INTERNAL when a loopback
@@ -120,11 +111,6 @@ std::string ClusterName(const WorkerCountCosts& costs);
 absl::StatusOr<sim::SimReport> SimulateClosedLoop(const ModelConfig& config, const sim::ModelShape& shape,
                                                   const sim::ClusterSpec& cluster, const LoadResult& load,
                                                   int concurrency, const std::optional<sim::TaskProfile>& task);
-
-// `task`'s UNCURL map at half the experts, made with moe-prune (found next to this program) under
-// `maps_dir` unless already there; its directory.
-absl::StatusOr<std::string> EnsureTaskMap(const std::string& model_dir, const std::string& tasks_dir,
-                                          const std::string& maps_dir, const std::string& task);
 
 // "bf16" or "f32" (a --weights flag: how the workers store the weights); nullopt for anything else.
 std::optional<DType> ServedWeightType(const std::string& name);

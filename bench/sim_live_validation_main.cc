@@ -79,6 +79,20 @@ Figures Predicted(const moe::sim::SimReport& r) {
           r.tokens ? r.all2all_bytes / static_cast<double>(r.tokens) : 0};
 }
 
+// The map moe-prune makes for the model: the add task, UNCURL, half the experts.
+absl::StatusOr<std::string> EnsureExpertMap(const std::string& model, const fs::path& calibration_dir, const fs::path& bin) {
+  const fs::path maps = calibration_dir / "maps";
+  const fs::path dir = maps / "add-uncurl-p2";
+  if (fs::exists(dir / "manifest.json")) return dir.string();
+  const std::string command = absl::StrCat("'", (bin / "moe-prune").string(), "' --model '", model,
+                                           "' --tasks data/tasks --task add --methods uncurl --pruning-factors 2 --out '",
+                                           maps.string(), "' > /dev/null");
+  if (std::system(command.c_str()) != 0 || !fs::exists(dir / "manifest.json")) {
+    return absl::InternalError("moe-prune did not make " + dir.string() + " (run from the repository root)");
+  }
+  return dir.string();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -100,8 +114,7 @@ int main(int argc, char** argv) {
 
   std::string map_dir = absl::GetFlag(FLAGS_expert_map);
   if (map_dir.empty()) {
-    absl::StatusOr<std::string> made =
-        moe::bench::EnsureTaskMap(model_dir, "data/tasks", (calibration_dir / "maps").string(), "add");
+    absl::StatusOr<std::string> made = EnsureExpertMap(model_dir, calibration_dir, fs::path(argv[0]).parent_path());
     if (!made.ok()) return Fail(made.status().ToString());
     map_dir = *made;
   }

@@ -137,7 +137,6 @@ absl::StatusOr<ClusterSpec> ClusterSpec::FromJson(const std::string& json_text, 
   c.token_delivery_curve = f.Curve("token_delivery_curve_ns", 0);
   c.front_end_jitter = f.Bool("front_end_jitter", false);
   c.collective_overhead = f.Int("collective_overhead_ns", 0, 0);
-  c.record_overhead = f.Int("record_overhead_ns", 0, 0);
   c.compute_share = f.Number("compute_share", 1, 1e-6, 1);
   c.max_queued = static_cast<int>(f.Int("max_queued", c.max_queued, 0, 1 << 30));
   c.expert_slots = static_cast<int>(f.Int("expert_slots", 0, 0, 1 << 20));
@@ -743,10 +742,6 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
         const double nic = inter / port_bandwidth_[1] * 1e9 + static_cast<double>(cluster_.shape.nic_latency);
         t = hierarchical ? std::max(t, nic + forward / port_bandwidth_[0] * 1e9) : std::max(t, nic);
       }
-      // The records' CPU cost: in flow the sender packs at dispatch and the owner serves at combine;
-      // here each exchange takes half of both.
-      const double records = g * (Q - q[w]) + q[w] * (G - g);
-      t += 0.5 * static_cast<double>(cluster_.record_overhead) * records;
       slowest = std::max(slowest, t);
       port_bytes[2 * w] += intra;
       port_bytes[2 * w + 1] += inter;
@@ -910,9 +905,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
         step->start_layer(w, l + 1);
         return;
       }
-      int64_t records_out = 0;
-      for (int v = 0; v < W; ++v) records_out += step->layers[l].records[w][v];
-      sim_.After(W > 1 ? coll + cluster_.record_overhead * records_out : 0, [=, this] {
+      sim_.After(W > 1 ? coll : 0, [=, this] {
         // Set only now: the experts start once, either here or on the last inbound message.
         step->layers[l].attention_done[w] = true;
         for (int v = 0; v < W; ++v) {
@@ -935,9 +928,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
       worker_expert_tokens_[ri * W + v] += rows;
     }
     worker_busy_ns_[ri * W + v] += static_cast<double>(t);
-    int64_t records_in = 0;
-    for (int w = 0; w < W; ++w) records_in += L.records[w][v];
-    sim_.After(t + (W > 1 ? coll + cluster_.record_overhead * records_in : 0), [=, this] {
+    sim_.After(t + (W > 1 ? coll : 0), [=, this] {
       step->layers[l].experts_done[v] = true;
       for (int w = 0; w < W; ++w) {
         if (w == v) continue;

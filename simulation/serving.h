@@ -75,9 +75,6 @@ struct ClusterSpec {
   // or, when false, exactly the means.
   bool front_end_jitter = false;
   Nanos collective_overhead = 0;  // software cost of one all-to-all on every worker (dispatch or combine)
-  // CPU cost of each dispatch record a worker packs and sends (dispatch) or serves and returns
-  // (combine): the exchange's work per token and destination, which a task map at home avoids.
-  Nanos record_overhead = 0;
   double compute_share = 1;       // share of the device one worker gets (CPU workers sharing cores)
   int max_queued = 256;           // per replica: waiting requests beyond this are refused
   int expert_slots = 0;           // experts of one layer a worker's memory holds; 0: no limit

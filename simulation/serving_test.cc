@@ -183,26 +183,6 @@ TEST_P(BothFidelities, StepOverheadCurveReplacesTheLinearCost) {
   EXPECT_NEAR(report->makespan_s, (4497 + 3 * 200) * 1e-9, 1e-15);
 }
 
-// The records' CPU cost: the 2-worker case by hand (4 prompt rows, every token needs both workers, so
-// worker 0 packs 4 records per layer at dispatch and worker 1 serves them at combine): in flow the two
-// follow each other, 2 layers x 2 x 4 records at 100 ns = 1600 ns more; fluid takes each exchange's
-// busiest worker with half of its records sent and received (the same total where every worker both
-// sends and serves), so this one-sided case costs it half: 800 ns.
-TEST_P(BothFidelities, RecordOverheadIsPaidPerRecordAtDispatchAndCombine) {
-  Case c(2, 2, 2, GetParam());
-  c.cluster.device.peak_flops = 1e18;
-  c.cluster.step_overhead = 0;
-  c.workload.output_min = c.workload.output_max = 1;
-  auto bare = c.Run();
-  c.cluster.record_overhead = 100;
-  auto charged = c.Run();
-  ASSERT_THAT(bare.status(), IsOk());
-  ASSERT_THAT(charged.status(), IsOk());
-  const double expected = GetParam() == Fidelity::kFlow ? 1600e-9 : 800e-9;
-  EXPECT_NEAR(charged->makespan_s - bare->makespan_s, expected, 2e-9);
-  EXPECT_EQ(charged->all2all_bytes, bare->all2all_bytes);
-}
-
 // The request's trip to the coordinator delays its first step: TTFT and the makespan grow by exactly that.
 TEST_P(BothFidelities, RequestOverheadDelaysTheFirstStep) {
   Case c(4, 2, 1, GetParam());
