@@ -123,8 +123,11 @@ absl::StatusOr<std::pair<double, double>> MeasureMpiExchange(int ranks, size_t s
 // local cluster of `workers` workers. Run before any in-process measurement, so no lingering gRPC
 // thread of this process competes with the cluster.
 constexpr int kProbeConcurrency[] = {1, 4, 8, 24};
-constexpr int kProbePromptTokens = 12, kProbeMaxTokens = 32;
-int ProbeRequests(int concurrency) { return std::max(12, 4 * concurrency); }
+constexpr int kProbePromptTokens = 12;
+
+std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int concurrency) {
+  return RandomPrompts(config.vocab_size, config.bos_token_id, std::max(12, 4 * concurrency), kProbePromptTokens, /*seed=*/7);
+}
 
 // One probe's load, repeated: the requests' shapes (the same every run: answers of exactly
 // kProbeMaxTokens) and, over the runs, the medians of the clients' mean decode time per token and
@@ -151,15 +154,13 @@ absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, c
                                            backend == ExchangeBackend::kMpi ? "run-mpi" : "run-local"));
   std::vector<ProbeRuns> probes;
   for (int concurrency : kProbeConcurrency) {
-    const std::vector<std::vector<int32_t>> prompts = RandomPrompts(
-        config.vocab_size, config.bos_token_id, ProbeRequests(concurrency), kProbePromptTokens, /*seed=*/7);
-    RunClosedLoop(live->address(), {prompts[0]}, 1, {2, "", true});  // warm-up: connections, first touch
+    RunClosedLoop(live->address(), {ProbePrompts(config, 1)[0]}, 1, {2, "", true});  // warm-up: connections, first touch
     ProbeRuns& probe = probes.emplace_back();
     probe.concurrency = concurrency;
     std::vector<double> inter_token, client_ttft, coordinator_ttft;
     for (int run = 0; run < runs; ++run) {
       MOE_ASSIGN_OR_RETURN(const auto before, CoordinatorTtft(*live));
-      LoadResult load = RunClosedLoop(live->address(), prompts, concurrency, {kProbeMaxTokens, "", /*ignore_eos=*/true});
+      LoadResult load = RunProbeLoad(live->address(), config, concurrency);
       if (load.failures > 0) {
         return absl::InternalError(absl::StrCat("calibration: ", load.failures, " probe requests failed"));
       }
@@ -291,6 +292,10 @@ nlohmann::json CurveJson(const std::vector<std::pair<int64_t, double>>& curve, d
 }
 
 }  // namespace
+
+LoadResult RunProbeLoad(const std::string& address, const ModelConfig& config, int concurrency) {
+  return RunClosedLoop(address, ProbePrompts(config, concurrency), concurrency, {kProbeMaxTokens, "", /*ignore_eos=*/true});
+}
 
 absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& options) {
   absl::StatusOr<ModelConfig> config = ModelConfig::FromFile(options.model_dir + "/config.json");

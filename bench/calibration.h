@@ -92,6 +92,11 @@ struct CalibrationOptions {
   bool mpi = true;     // also the MPI clusters (cluster/run-mpi) of 2+ workers
 };
 
+// One run of a probe's closed loop against the cluster at `address`: `concurrency` clients, max(12,
+// 4 x concurrency) requests of the same 12-token prompts every time, kProbeMaxTokens tokens each.
+inline constexpr int kProbeMaxTokens = 32;
+LoadResult RunProbeLoad(const std::string& address, const ModelConfig& config, int concurrency);
+
 // INVALID_ARGUMENT for an unreadable model config or a worker count < 1; INTERNAL when a loopback
 // server cannot start, an exchange fails or mpirun does not report the MPI figures; the cluster's error when a probe cluster does not start or
 // a probe request fails.

@@ -5,7 +5,9 @@
 // simulates the same requests (closed loop, the same concurrency, each request's prompt and answer
 // length) on the cluster file moe-calibrate wrote for that worker count and backend. Prints predicted
 // vs measured throughput, TTFT p50/p90 and decode time per token, each error, and per backend the
-// median and worst absolute error.
+// median and worst absolute error. Two measures of this machine's own noise come with them: the live
+// runs' odd against even halves, and each cluster's 8-client calibration probe run again just before
+// its validation (how far the machine has drifted since calibration.json was measured).
 //   build/bin/moe-calibrate --model models/tiny-moe --out build/calibration
 //   build/bin/moe-bench-sim-live --model models/tiny-moe --calibration build/calibration
 //       [--expert-map DIR (default: moe-prune's add-uncurl-p2 for the model, made once under --calibration)]
@@ -25,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "bench/calibration.h"
 #include "bench/load_client.h"
+#include "simulation/workload.h"
 #include "cluster/local_cluster.h"
 #include "common/flags.h"
 #include "common/log.h"
@@ -93,6 +96,25 @@ absl::StatusOr<std::string> EnsureExpertMap(const std::string& model, const fs::
   return dir.string();
 }
 
+// The drift check: the calibration's probe with this many clients, run again before each cluster's
+// validation.
+constexpr int kDriftProbeClients = 8, kDriftProbeRuns = 3;
+
+// The decode time per token calibration.json recorded for that cluster's full-model probe.
+std::optional<double> CalibrationProbeDecode(const nlohmann::json& calibration, int workers, const std::string& backend,
+                                             int clients) {
+  if (!calibration.is_object() || !calibration.contains("per_workers")) return std::nullopt;
+  for (const auto& w : calibration["per_workers"]) {
+    if (w.value("workers", 0) != workers || w.value("backend", "") != backend || !w.contains("probes")) continue;
+    for (const auto& p : w["probes"]) {
+      if (p.value("concurrency", 0) == clients && p.contains("measured")) {
+        return p["measured"].value("decode_ms_per_token", 0.0) * 1e-3;
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,6 +157,12 @@ int main(int argc, char** argv) {
   // The live cluster against itself: the medians of the odd and of the even runs, the same four figures
   // per setup. How close any prediction can be expected to come on this machine.
   std::vector<double> live_spread;
+  // The machine's drift since the calibration: its 8-client probe of each cluster, run again now.
+  absl::StatusOr<std::string> calibration_text = moe::sim::ReadTextFile((calibration_dir / "calibration.json").string());
+  if (!calibration_text.ok()) return Fail(absl::StrCat(calibration_text.status().ToString(), " (run moe-calibrate first)"));
+  const nlohmann::json calibration = nlohmann::json::parse(*calibration_text, nullptr, /*allow_exceptions=*/false);
+  std::string drift_table;
+  std::vector<double> drifts;
   const std::vector<std::string> backends = absl::GetFlag(FLAGS_backends);
   for (const std::string& backend : backends) {
     if (backend != "grpc" && backend != "mpi") return Fail("--backends must list grpc and/or mpi");
@@ -156,6 +184,19 @@ int main(int argc, char** argv) {
                                              {"--threads", "1"}, mpi ? "run-mpi" : "run-local");
         if (!live.ok()) return Fail(live.status().ToString());
         moe::bench::RunClosedLoop((*live)->address(), {prompts[0]}, 1, {2, task, true});  // warm-up: connections, first touch
+        if (!with_map) {
+          const std::optional<double> then = CalibrationProbeDecode(calibration, workers, backend, kDriftProbeClients);
+          std::vector<double> now;
+          for (int run = 0; run < kDriftProbeRuns; ++run) {
+            now.push_back(moe::bench::RunProbeLoad((*live)->address(), *config, kDriftProbeClients).mean_inter_token_s());
+          }
+          const double now_s = Quantile(now, 0.5);
+          if (then) {
+            drifts.push_back(std::abs(now_s / *then - 1));
+            absl::StrAppendFormat(&drift_table, "| %d, %s | %.2f | %.2f | %+.0f%% |\n", workers, backend, *then * 1e3,
+                                  now_s * 1e3, 100 * (now_s / *then - 1));
+          }
+        }
         std::vector<Figures> live_runs;
         moe::bench::LoadResult load;
         for (int run = 0; run < repeats; ++run) {
@@ -200,6 +241,13 @@ int main(int argc, char** argv) {
   for (const auto& [backend, e] : errors) {
     std::cout << absl::StrFormat("%s clusters, absolute error over %d figures: median %.0f%%, worst %.0f%% (targets: 10%%, 25%%)\n",
                                  backend == "mpi" ? "MPI" : "gRPC", e.size(), 100 * Quantile(e, 0.5), 100 * Quantile(e, 1.0));
+  }
+  if (!drift_table.empty()) {
+    std::cout << absl::StrFormat("the machine since the calibration: each cluster's %d-client probe (median of %d runs) "
+                                 "then and now, median drift %.0f%%\n",
+                                 kDriftProbeClients, kDriftProbeRuns, 100 * Quantile(drifts, 0.5))
+              << "| workers, exchange | calibration ms/token | now | drift |\n|---|---|---|---|\n"
+              << drift_table;
   }
   if (!live_spread.empty()) {
     std::cout << absl::StrFormat("live against live (medians of the odd runs vs the even runs) over %d figures: median %.0f%%, worst %.0f%%\n",
