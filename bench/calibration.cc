@@ -308,7 +308,7 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
   c.weight_type = options.weight_type;
   for (int workers : options.workers) {
     if (workers < 1) return absl::InvalidArgumentError("calibration: worker counts must be >= 1");
-    c.per_workers.push_back({workers, ExchangeBackend::kGrpc});
+    if (options.grpc || workers == 1) c.per_workers.push_back({workers, ExchangeBackend::kGrpc});
     if (workers > 1 && options.mpi) c.per_workers.push_back({workers, ExchangeBackend::kMpi});
   }
   std::vector<std::vector<ProbeRuns>> probe_runs;

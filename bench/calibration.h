@@ -89,7 +89,8 @@ struct CalibrationOptions {
   DType weight_type = DType::kBF16;  // how the workers store the weights (the checkpoint's type)
   int repeats = 41;
   int probe_runs = 5;  // closed-loop runs per probe; the fit takes the medians of their figures
-  bool mpi = true;     // also the MPI clusters (cluster/run-mpi) of 2+ workers
+  bool grpc = true;    // the gRPC clusters (cluster/run-local; one worker always: it exchanges nothing)
+  bool mpi = true;     // the MPI clusters (cluster/run-mpi) of 2+ workers
 };
 
 // One run of a probe's closed loop against the cluster at `address`: `concurrency` clients, max(12,

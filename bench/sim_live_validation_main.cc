@@ -12,7 +12,7 @@
 //   build/bin/moe-bench-sim-live --model models/tiny-moe --calibration build/calibration
 //       [--expert-map DIR (default: moe-prune's add-uncurl-p2 for the model, made once under --calibration)]
 //       [--workers 1,2,4] [--backends grpc,mpi] [--requests 64] [--concurrency 16] [--prompt-len 12]
-//       [--max-tokens 16] [--repeats 8]
+//       [--max-tokens 16] [--repeats 8] [--calibrate_each]
 // Each live figure is the median of --repeats runs on the same cluster.
 // Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, or failed requests.
 #include <algorithm>
@@ -37,6 +37,9 @@ ABSL_FLAG(std::string, model, "models/tiny-moe", "checkpoint directory");
 ABSL_FLAG(std::string, calibration, "build/calibration", "moe-calibrate's output directory");
 ABSL_FLAG(std::string, expert_map, "", "task expert map directory (empty: make add-uncurl-p2 with moe-prune)");
 ABSL_FLAG(std::vector<std::string>, workers, std::vector<std::string>({"1", "2", "4"}), "worker counts");
+ABSL_FLAG(bool, calibrate_each, false,
+          "calibrate each cluster (moe-calibrate's measurements for that worker count and backend) right before "
+          "validating it, instead of reading --calibration's files: less of the machine's drift in between");
 ABSL_FLAG(std::vector<std::string>, backends, std::vector<std::string>({"grpc", "mpi"}),
           "the workers' all-to-all: grpc (cluster/run-local) and/or mpi (cluster/run-mpi, 2+ workers)");
 ABSL_FLAG(int32_t, requests, 64, "requests per configuration");
@@ -158,9 +161,13 @@ int main(int argc, char** argv) {
   // per setup. How close any prediction can be expected to come on this machine.
   std::vector<double> live_spread;
   // The machine's drift since the calibration: its 8-client probe of each cluster, run again now.
-  absl::StatusOr<std::string> calibration_text = moe::sim::ReadTextFile((calibration_dir / "calibration.json").string());
-  if (!calibration_text.ok()) return Fail(absl::StrCat(calibration_text.status().ToString(), " (run moe-calibrate first)"));
-  const nlohmann::json calibration = nlohmann::json::parse(*calibration_text, nullptr, /*allow_exceptions=*/false);
+  const bool calibrate_each = absl::GetFlag(FLAGS_calibrate_each);
+  nlohmann::json calibration;  // calibration.json, or (--calibrate_each) each cluster's own calibration
+  if (!calibrate_each) {
+    absl::StatusOr<std::string> text = moe::sim::ReadTextFile((calibration_dir / "calibration.json").string());
+    if (!text.ok()) return Fail(absl::StrCat(text.status().ToString(), " (run moe-calibrate first)"));
+    calibration = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  }
   std::string drift_table;
   std::vector<double> drifts;
   const std::vector<std::string> backends = absl::GetFlag(FLAGS_backends);
@@ -173,8 +180,23 @@ int main(int argc, char** argv) {
     for (const std::string& backend : backends) {
       const bool mpi = backend == "mpi";
       if (mpi && workers == 1) continue;  // one worker exchanges nothing
-      const fs::path cluster_file = calibration_dir / absl::StrFormat("this-machine-%dw%s.json", workers, mpi ? "-mpi" : "");
-      absl::StatusOr<moe::sim::ClusterSpec> cluster = moe::sim::ClusterSpec::FromFile(cluster_file.string());
+      absl::StatusOr<moe::sim::ClusterSpec> cluster;
+      if (calibrate_each) {  // moe-calibrate's measurements for this cluster alone, now
+        moe::bench::CalibrationOptions options;
+        options.model_dir = model_dir;
+        options.workers = {workers};
+        options.weight_type = *weight_type;
+        options.grpc = !mpi;
+        options.mpi = mpi;
+        absl::StatusOr<moe::bench::Calibration> made = moe::bench::CalibrateThisMachine(options);
+        if (!made.ok()) return Fail(made.status().ToString());
+        calibration = moe::bench::CalibrationJson(*made);
+        cluster = moe::sim::ClusterSpec::FromJson(moe::bench::ThisMachineClusterJson(*made, made->per_workers.front()).dump(),
+                                                  moe::bench::ClusterName(made->per_workers.front()), "");
+      } else {
+        const fs::path cluster_file = calibration_dir / absl::StrFormat("this-machine-%dw%s.json", workers, mpi ? "-mpi" : "");
+        cluster = moe::sim::ClusterSpec::FromFile(cluster_file.string());
+      }
       if (!cluster.ok()) return Fail(absl::StrCat(cluster.status().ToString(), " (run moe-calibrate first)"));
       for (const bool with_map : {false, true}) {
         const std::string task = with_map ? map->name : "";
