@@ -150,7 +150,7 @@ absl::StatusOr<std::pair<double, double>> CoordinatorTtft(const LocalCluster& cl
 absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, const ModelConfig& config, int workers,
                                                  ExchangeBackend backend, int runs) {
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<LocalCluster> live,
-                       LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), kMeasuredClusterLauncherFlags,
+                       LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"},
                                            backend == ExchangeBackend::kMpi ? "run-mpi" : "run-local"));
   std::vector<ProbeRuns> probes;
   for (int concurrency : kProbeConcurrency) {

@@ -93,12 +93,6 @@ struct CalibrationOptions {
   bool mpi = true;     // the MPI clusters (cluster/run-mpi) of 2+ workers
 };
 
-// The launcher flags (cluster/run-local, run-mpi) of every cluster the calibration probes and the
-// validation measures: one compute thread per worker, each process pinned to one CPU (--pin-cpus: on
-// a small shared machine, unpinned processes decode up to 20% faster or slower from one start of the
-// cluster to the next).
-inline const std::vector<std::string> kMeasuredClusterLauncherFlags = {"--threads", "1", "--pin-cpus"};
-
 // One run of a probe's closed loop against the cluster at `address`: `concurrency` clients, max(12,
 // 4 x concurrency) requests of the same 12-token prompts every time, kProbeMaxTokens tokens each.
 inline constexpr int kProbeMaxTokens = 32;

@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
         std::vector<std::string> coordinator_flags;
         if (with_map) coordinator_flags = {"--expert_maps", map_dir};
         auto live = moe::LocalCluster::Start(model_dir, workers, coordinator_flags, std::chrono::seconds(180),
-                                             moe::bench::kMeasuredClusterLauncherFlags, mpi ? "run-mpi" : "run-local");
+                                             {"--threads", "1"}, mpi ? "run-mpi" : "run-local");
         if (!live.ok()) return Fail(live.status().ToString());
         moe::bench::RunClosedLoop((*live)->address(), {prompts[0]}, 1, {2, task, true});  // warm-up: connections, first touch
         if (!with_map) {
