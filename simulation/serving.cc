@@ -295,11 +295,17 @@ int64_t SequencesIn(const std::vector<WorkerBatch>& batches) {
   return n;
 }
 
+// Rows a replica's step processes beyond one per sequence: the prompt tokens it prefills after each new
+// sequence's first.
+int64_t PrefillRowsIn(const std::vector<WorkerBatch>& batches) {
+  int64_t n = 0;
+  for (const WorkerBatch& b : batches) n += b.rows - b.sequences;
+  return n;
+}
+
 // The step's serial software cost (ClusterSpec::StepOverhead) over all the replica's workers.
 Nanos StepOverheadOf(const ClusterSpec& cluster, const std::vector<WorkerBatch>& batches) {
-  int64_t rows = 0;
-  for (const WorkerBatch& b : batches) rows += b.rows;
-  return cluster.StepOverhead(SequencesIn(batches), rows);
+  return cluster.StepOverhead(SequencesIn(batches), PrefillRowsIn(batches));
 }
 
 // One flow-fidelity step of one replica: per layer, every worker's attention, dispatch, expert compute
@@ -382,8 +388,8 @@ class ServingSimulation {
   // A request reaches its replica (round-robin by request index) and queues, or is refused.
   void Arrive(int64_t request);   // the client sends it
   void Enqueue(int64_t request);  // it reaches its replica's coordinator
-  // Closed loop: a client is free; its next request, if any is left, arrives now.
-  void SendNextClientRequest();
+  // Closed loop: a client is free; its next request, if any is left, arrives `after` from now.
+  void SendNextClientRequest(Nanos after = 0);
   Nanos FrontEndDelay(Nanos mean);  // mean, or an exponential draw of it (ClusterSpec::front_end_jitter)
   void MaybeStartStep(Replica& r);
   void BeginStep(Replica& r);
@@ -564,10 +570,10 @@ Nanos ServingSimulation::FrontEndDelay(Nanos mean) {
   return static_cast<Nanos>(-std::log(1 - front_end_rng_.NextUniform()) * static_cast<double>(mean));
 }
 
-void ServingSimulation::SendNextClientRequest() {
+void ServingSimulation::SendNextClientRequest(Nanos after) {
   if (workload_.concurrency == 0 || next_client_request_ >= static_cast<int64_t>(requests_.size())) return;
   const int64_t next = next_client_request_++;
-  sim_.After(0, [this, next] { Arrive(next); });
+  sim_.After(after, [this, next] { Arrive(next); });
 }
 
 void ServingSimulation::Arrive(int64_t request) {
@@ -627,9 +633,7 @@ void ServingSimulation::BeginStep(Replica& r) {
   r.step_start = sim_.now();
   ++report_.steps;
   std::vector<WorkerBatch> batches = ComposeBatches(r);
-  int64_t prefill_rows = 0;
-  for (const WorkerBatch& b : batches) prefill_rows += b.rows - b.sequences;
-  if (prefill_rows > 0) {
+  if (const int64_t prefill_rows = PrefillRowsIn(batches); prefill_rows > 0) {
     ++report_.prefill_steps;
     report_.prefill_rows += prefill_rows;
   }
@@ -982,8 +986,7 @@ void ServingSimulation::EndStep(Replica& r, std::vector<WorkerBatch> batches) {
     report_.end_to_end.Add(delivered - s.arrival);
     ++report_.completed;
     it = r.running.erase(it);
-    if (delivered == now) SendNextClientRequest();
-    else sim_.After(delivered - now, [this] { SendNextClientRequest(); });
+    SendNextClientRequest(delivered - now);  // when the client has its last token
   }
   r.stepping = false;
   if (!r.running.empty() || !r.queue.empty()) MaybeStartStep(r);

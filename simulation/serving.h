@@ -84,13 +84,13 @@ struct ClusterSpec {
   Fidelity fidelity = Fidelity::kFluid;
 
   int total_workers() const { return workers * replicas; }
-  // The serial software cost of a replica's step over `sequences` sequences and `rows` token rows in
-  // all (rows >= sequences), after its last layer.
-  Nanos StepOverhead(int64_t sequences, int64_t rows) const {
+  // The serial software cost of a replica's step over `sequences` sequences that prefills
+  // `prefill_rows` rows beyond one per sequence, after its last layer.
+  Nanos StepOverhead(int64_t sequences, int64_t prefill_rows) const {
     const Nanos per_step = step_overhead_curve.empty()
                                ? step_overhead + sequence_overhead * sequences
                                : static_cast<Nanos>(Interpolate(step_overhead_curve, sequences));
-    return per_step + (rows > sequences ? prefill_step_overhead + prefill_row_overhead * (rows - sequences) : 0);
+    return per_step + (prefill_rows > 0 ? prefill_step_overhead + prefill_row_overhead * prefill_rows : 0);
   }
   // The mean delay before a token produced by a step over `sequences` sequences reaches its client.
   Nanos TokenDelivery(int64_t sequences) const { return static_cast<Nanos>(Interpolate(token_delivery_curve, sequences)); }
