@@ -151,7 +151,7 @@ absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, c
                                                  ExchangeBackend backend, int runs) {
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<LocalCluster> live,
                        LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"},
-                                           backend == ExchangeBackend::kMpi ? "run-mpi" : "run-local"));
+                                           BackendLauncher(backend)));
   std::vector<ProbeRuns> probes;
   for (int concurrency : kProbeConcurrency) {
     RunClosedLoop(live->address(), {ProbePrompts(config, 1)[0]}, 1, {2, "", true});  // warm-up: connections, first touch
@@ -251,7 +251,10 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
     // other costs).
     const double n = static_cast<double>(x.size());
     double mean_x = 0, mean_miss = 0, sxx = 0, sxy = 0;
-    for (size_t i = 0; i < x.size(); ++i) mean_x += x[i] / n, mean_miss += ttft_miss[i] / n;
+    for (size_t i = 0; i < x.size(); ++i) {
+      mean_x += x[i] / n;
+      mean_miss += ttft_miss[i] / n;
+    }
     for (size_t i = 0; i < x.size(); ++i) {
       sxx += (x[i] - mean_x) * (x[i] - mean_x);
       sxy += (x[i] - mean_x) * (ttft_miss[i] - mean_miss);
@@ -374,6 +377,14 @@ nlohmann::json CalibrationJson(const Calibration& c) {
 }
 
 const char* BackendName(ExchangeBackend backend) { return backend == ExchangeBackend::kMpi ? "mpi" : "grpc"; }
+
+std::optional<ExchangeBackend> ParseBackend(const std::string& name) {
+  if (name == "grpc") return ExchangeBackend::kGrpc;
+  if (name == "mpi") return ExchangeBackend::kMpi;
+  return std::nullopt;
+}
+
+const char* BackendLauncher(ExchangeBackend backend) { return backend == ExchangeBackend::kMpi ? "run-mpi" : "run-local"; }
 
 std::string ClusterName(const WorkerCountCosts& costs) {
   return absl::StrCat("this-machine-", costs.workers, "w", costs.backend == ExchangeBackend::kMpi ? "-mpi" : "");

@@ -10,17 +10,18 @@
 //     among N in-process ranks on loopback ports, MPI (exchange/mpi_exchange.h) among N processes under
 //     mpirun (moe-bench-exchange --calibration-bytes);
 //   - the serving stack's own software cost, which neither of those covers, from probes of a real local
-//     cluster of N workers: 1, 4, 8 and 24 clients, each sending one short request at a time, each load
-//     run several times (medians). Per probe: the clients' decode time per token and mean TTFT, and the
-//     coordinator's own mean TTFT (request arrival to first token, from its /metrics). The simulator's
-//     software costs are then adjusted until it reproduces every probe (a few fixed-point rounds):
+//     cluster of N workers per backend: 1, 4, 8 and 24 clients, each sending one short request at a
+//     time, each load run several times (medians). Per probe: the clients' decode time per token and
+//     median TTFT, and the coordinator's own mean TTFT (request arrival to first token, from its
+//     /metrics). The simulator's software costs are then adjusted until it reproduces every probe (a
+//     few fixed-point rounds):
 //       - the step's cost by sequences in it (a curve, one point per probe), from the decode times;
 //       - the prefill's cost per step and per prompt row after the first, from the coordinator TTFT of
 //         the one-client and the 24-client probes;
 //       - the front end (the clients' TTFT beyond the coordinator's): the coordinator's intake, half of
 //         the one-client figure (the other half is the way back; a hand trace of the one-worker probe
-//         measured 0.21 ms in and 0.19 ms out), and the token's way back by streams in flight (a curve,
-//         one point per probe).
+//         measured 0.21 ms in and 0.19 ms out), and the token's way back, a line in the streams in
+//         flight fitted through all the probes.
 #ifndef MOE_BENCH_CALIBRATION_H_
 #define MOE_BENCH_CALIBRATION_H_
 
@@ -58,6 +59,8 @@ struct ServingProbe {
 
 enum class ExchangeBackend { kGrpc, kMpi };
 const char* BackendName(ExchangeBackend backend);  // "grpc", "mpi"
+std::optional<ExchangeBackend> ParseBackend(const std::string& name);  // BackendName's inverse
+const char* BackendLauncher(ExchangeBackend backend);  // the cluster/ script: "run-local", "run-mpi"
 
 // The costs of one cluster shape on this machine: `workers` workers exchanging over `backend`
 // (cluster/run-local for gRPC, cluster/run-mpi for MPI). The simulator's ClusterSpec fields of the same
@@ -99,8 +102,8 @@ inline constexpr int kProbeMaxTokens = 32;
 LoadResult RunProbeLoad(const std::string& address, const ModelConfig& config, int concurrency);
 
 // INVALID_ARGUMENT for an unreadable model config or a worker count < 1; INTERNAL when a loopback
-// server cannot start, an exchange fails or mpirun does not report the MPI figures; the cluster's error when a probe cluster does not start or
-// a probe request fails.
+// server cannot start, an exchange fails or mpirun does not report the MPI figures; the cluster's error
+// when a probe cluster does not start or a probe request fails.
 absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& options);
 
 // The raw measurements, and the moe-sim cluster file (simulation/serving.h ClusterSpec) of this machine

@@ -99,6 +99,20 @@ absl::StatusOr<std::string> EnsureExpertMap(const std::string& model, const fs::
   return dir.string();
 }
 
+// The live runs against themselves: for each of the four compared figures, how far the median of the
+// odd runs is from the median of the even runs (relative to the latter). Empty for fewer than 2 runs.
+std::vector<double> OddEvenSpread(const std::vector<Figures>& runs) {
+  if (runs.size() < 2) return {};
+  std::vector<Figures> odd, even;
+  for (size_t i = 0; i < runs.size(); ++i) (i % 2 ? odd : even).push_back(runs[i]);
+  const Figures a = MedianOf(odd), b = MedianOf(even);
+  std::vector<double> spread;
+  for (double Figures::*f : {&Figures::tokens_per_s, &Figures::ttft_p50_s, &Figures::ttft_p90_s, &Figures::inter_token_s}) {
+    spread.push_back(std::abs(a.*f - b.*f) / std::max(1e-12, b.*f));
+  }
+  return spread;
+}
+
 // The drift check: the calibration's probe with this many clients, run again before each cluster's
 // validation.
 constexpr int kDriftProbeClients = 8, kDriftProbeRuns = 3;
@@ -130,6 +144,12 @@ int main(int argc, char** argv) {
   const int repeats = absl::GetFlag(FLAGS_repeats);
   if (concurrency < 1 || max_tokens < 1 || prompt_len < 1 || requests < 1 || repeats < 1) {
     return Fail("--concurrency, --max-tokens, --prompt-len, --requests and --repeats must be >= 1");
+  }
+  std::vector<moe::bench::ExchangeBackend> backends;
+  for (const std::string& name : absl::GetFlag(FLAGS_backends)) {
+    const std::optional<moe::bench::ExchangeBackend> backend = moe::bench::ParseBackend(name);
+    if (!backend) return Fail("--backends must list grpc and/or mpi");
+    backends.push_back(*backend);
   }
   absl::StatusOr<moe::ModelConfig> config = moe::ModelConfig::FromFile(model_dir + "/config.json");
   if (!config.ok()) return Fail(config.status().ToString());
@@ -170,16 +190,14 @@ int main(int argc, char** argv) {
   }
   std::string drift_table;
   std::vector<double> drifts;
-  const std::vector<std::string> backends = absl::GetFlag(FLAGS_backends);
-  for (const std::string& backend : backends) {
-    if (backend != "grpc" && backend != "mpi") return Fail("--backends must list grpc and/or mpi");
-  }
   for (const std::string& w : absl::GetFlag(FLAGS_workers)) {
     int workers = 0;
     if (!absl::SimpleAtoi(w, &workers) || workers < 1) return Fail("--workers must list positive integers");
-    for (const std::string& backend : backends) {
-      const bool mpi = backend == "mpi";
+    for (const moe::bench::ExchangeBackend backend_kind : backends) {
+      const bool mpi = backend_kind == moe::bench::ExchangeBackend::kMpi;
       if (mpi && workers == 1) continue;  // one worker exchanges nothing
+      const std::string backend = moe::bench::BackendName(backend_kind);
+      const std::string cluster_name = moe::bench::ClusterName({workers, backend_kind});
       absl::StatusOr<moe::sim::ClusterSpec> cluster;
       if (calibrate_each) {  // moe-calibrate's measurements for this cluster alone, now
         moe::bench::CalibrationOptions options;
@@ -192,10 +210,9 @@ int main(int argc, char** argv) {
         if (!made.ok()) return Fail(made.status().ToString());
         calibration = moe::bench::CalibrationJson(*made);
         cluster = moe::sim::ClusterSpec::FromJson(moe::bench::ThisMachineClusterJson(*made, made->per_workers.front()).dump(),
-                                                  moe::bench::ClusterName(made->per_workers.front()), "");
+                                                  cluster_name, "");
       } else {
-        const fs::path cluster_file = calibration_dir / absl::StrFormat("this-machine-%dw%s.json", workers, mpi ? "-mpi" : "");
-        cluster = moe::sim::ClusterSpec::FromFile(cluster_file.string());
+        cluster = moe::sim::ClusterSpec::FromFile((calibration_dir / (cluster_name + ".json")).string());
       }
       if (!cluster.ok()) return Fail(absl::StrCat(cluster.status().ToString(), " (run moe-calibrate first)"));
       for (const bool with_map : {false, true}) {
@@ -203,7 +220,7 @@ int main(int argc, char** argv) {
         std::vector<std::string> coordinator_flags;
         if (with_map) coordinator_flags = {"--expert_maps", map_dir};
         auto live = moe::LocalCluster::Start(model_dir, workers, coordinator_flags, std::chrono::seconds(180),
-                                             {"--threads", "1"}, mpi ? "run-mpi" : "run-local");
+                                             {"--threads", "1"}, moe::bench::BackendLauncher(backend_kind));
         if (!live.ok()) return Fail(live.status().ToString());
         moe::bench::RunClosedLoop((*live)->address(), {prompts[0]}, 1, {2, task, true});  // warm-up: connections, first touch
         if (!with_map) {
@@ -236,14 +253,7 @@ int main(int argc, char** argv) {
         if (!report.ok()) return Fail(report.status().ToString());
 
         const Figures p = Predicted(*report), m = MedianOf(live_runs);
-        if (live_runs.size() >= 2) {
-          std::vector<Figures> odd, even;
-          for (size_t i = 0; i < live_runs.size(); ++i) (i % 2 ? odd : even).push_back(live_runs[i]);
-          const Figures a = MedianOf(odd), b = MedianOf(even);
-          for (double Figures::*f : {&Figures::tokens_per_s, &Figures::ttft_p50_s, &Figures::ttft_p90_s, &Figures::inter_token_s}) {
-            live_spread.push_back(std::abs(a.*f - b.*f) / std::max(1e-12, b.*f));
-          }
-        }
+        for (double d : OddEvenSpread(live_runs)) live_spread.push_back(d);
         auto err = [&errors, &backend](double predicted, double measured) {
           const double e = measured > 0 ? (predicted - measured) / measured : 0;
           errors[backend].push_back(std::abs(e));
