@@ -4,7 +4,8 @@
 // moe-sim cluster file per worker count and backend, this-machine-<N>w.json (gRPC) and
 // this-machine-<N>w-mpi.json (MPI, 2+ workers).
 //   build/bin/moe-calibrate --model models/tiny-moe [--out build/calibration] [--workers 1,2,4]
-//                           [--weights bf16|f32] [--repeats 41] [--probe-runs 5] [--mpi=false]
+//                           [--weights bf16|f32] [--repeats 41] [--probe-starts 3] [--probe-runs 2]
+//                           [--mpi=false]
 // Exit status: 0 written, 1 bad flags or a failed measurement.
 #include <filesystem>
 #include <fstream>
@@ -21,9 +22,12 @@ ABSL_FLAG(std::string, model, "", "checkpoint directory whose shapes are measure
 ABSL_FLAG(std::string, out, "build/calibration", "directory for calibration.json and this-machine-<N>w.json");
 ABSL_FLAG(std::vector<std::string>, workers, std::vector<std::string>({"1", "2", "4"}), "worker counts");
 ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
-ABSL_FLAG(int32_t, repeats, 41, "samples per measurement (the median is kept)");
+ABSL_FLAG(int32_t, repeats, moe::bench::CalibrationOptions{}.repeats, "samples per measurement (the median is kept)");
 ABSL_FLAG(bool, mpi, true, "also probe the MPI clusters (cluster/run-mpi) of 2+ workers and measure the MPI backend");
-ABSL_FLAG(int32_t, probe_runs, 5, "closed-loop runs of each live probe (the medians are kept)");
+ABSL_FLAG(int32_t, probe_starts, moe::bench::CalibrationOptions{}.probe_starts,
+          "fresh starts of each probed cluster (the figures vary from start to start)");
+ABSL_FLAG(int32_t, probe_runs, moe::bench::CalibrationOptions{}.probe_runs,
+          "closed-loop runs of each live probe per start (the medians over all starts' runs are kept)");
 
 namespace {
 using moe::Fail;
@@ -47,9 +51,12 @@ int main(int argc, char** argv) {
   if (!weight_type) return Fail("--weights must be bf16 or f32");
   options.weight_type = *weight_type;
   options.repeats = absl::GetFlag(FLAGS_repeats);
+  options.probe_starts = absl::GetFlag(FLAGS_probe_starts);
   options.probe_runs = absl::GetFlag(FLAGS_probe_runs);
   options.mpi = absl::GetFlag(FLAGS_mpi);
-  if (options.repeats < 1 || options.probe_runs < 1) return Fail("--repeats and --probe-runs must be >= 1");
+  if (options.repeats < 1 || options.probe_starts < 1 || options.probe_runs < 1) {
+    return Fail("--repeats, --probe-starts and --probe-runs must be >= 1");
+  }
   options.workers.clear();
   for (const std::string& w : absl::GetFlag(FLAGS_workers)) {
     int n = 0;
@@ -90,7 +97,7 @@ int main(int argc, char** argv) {
   if (ec) return Fail("cannot create " + out.string() + ": " + ec.message());
   if (!Write(out / "calibration.json", moe::bench::CalibrationJson(*c))) return Fail("cannot write into " + out.string());
   for (const auto& w : c->per_workers) {
-    const std::filesystem::path path = out / (moe::bench::ClusterName(w) + ".json");
+    const std::filesystem::path path = out / (moe::bench::ClusterName(w.workers, w.backend) + ".json");
     if (!Write(path, moe::bench::ThisMachineClusterJson(*c, w))) return Fail("cannot write " + path.string());
     std::cout << "wrote " << path.string() << "\n";
   }

@@ -119,8 +119,8 @@ absl::StatusOr<std::pair<double, double>> MeasureMpiExchange(int ranks, size_t s
 }
 
 // The probes: 1, 4, 8 and 24 clients (around the 16 of moe-bench-sim-live's load), each sending one
-// request (a 12-token prompt, 32 new tokens) at a time, max(12, 4 x clients) requests per run, on a fresh
-// local cluster of `workers` workers. Run before any in-process measurement, so no lingering gRPC
+// request (a 12-token prompt, 32 new tokens) at a time, max(12, 4 x clients) requests per run, on local
+// clusters of `workers` workers. Run before any in-process measurement, so no lingering gRPC
 // thread of this process competes with the cluster.
 constexpr int kProbeConcurrency[] = {1, 4, 8, 24};
 constexpr int kProbePromptTokens = 12;
@@ -147,37 +147,46 @@ absl::StatusOr<std::pair<double, double>> CoordinatorTtft(const LocalCluster& cl
   return std::make_pair(sum, count);
 }
 
+// Each probe's figures are medians over `starts` fresh starts of the cluster, `runs` closed-loop runs each:
+// on this shared machine the same probe moves by 10-50% between two starts of the same cluster, so one
+// start is one sample of what a start costs, not the cluster's figure.
 absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, const ModelConfig& config, int workers,
-                                                 ExchangeBackend backend, int runs) {
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<LocalCluster> live,
-                       LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"},
-                                           BackendLauncher(backend)));
-  std::vector<ProbeRuns> probes;
-  for (int concurrency : kProbeConcurrency) {
-    RunClosedLoop(live->address(), {ProbePrompts(config, 1)[0]}, 1, {2, "", true});  // warm-up: connections, first touch
-    ProbeRuns& probe = probes.emplace_back();
-    probe.concurrency = concurrency;
-    std::vector<double> inter_token, client_ttft, coordinator_ttft;
-    for (int run = 0; run < runs; ++run) {
-      MOE_ASSIGN_OR_RETURN(const auto before, CoordinatorTtft(*live));
-      LoadResult load = RunProbeLoad(live->address(), config, concurrency);
-      if (load.failures > 0) {
-        return absl::InternalError(absl::StrCat("calibration: ", load.failures, " probe requests failed"));
+                                                 ExchangeBackend backend, int starts, int runs) {
+  constexpr size_t kProbes = std::size(kProbeConcurrency);
+  std::vector<ProbeRuns> probes(kProbes);
+  // By probe: each run's decode time per token, clients' median TTFT and coordinator's mean TTFT.
+  std::vector<std::vector<double>> inter_token(kProbes), client_ttft(kProbes), coordinator_ttft(kProbes);
+  for (int start = 0; start < starts; ++start) {
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<LocalCluster> live,
+                         LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"},
+                                             BackendLauncher(backend)));
+    for (size_t i = 0; i < kProbes; ++i) {
+      const int concurrency = kProbeConcurrency[i];
+      RunClosedLoop(live->address(), {ProbePrompts(config, 1)[0]}, 1, {2, "", true});  // warm-up: connections, first touch
+      probes[i].concurrency = concurrency;
+      for (int run = 0; run < runs; ++run) {
+        MOE_ASSIGN_OR_RETURN(const auto before, CoordinatorTtft(*live));
+        LoadResult load = RunProbeLoad(live->address(), config, concurrency);
+        if (load.failures > 0) {
+          return absl::InternalError(absl::StrCat("calibration: ", load.failures, " probe requests failed"));
+        }
+        MOE_ASSIGN_OR_RETURN(const auto after, CoordinatorTtft(*live));
+        if (after.second <= before.second) return absl::InternalError("calibration: the coordinator counted no first tokens");
+        std::vector<double> ttft;
+        for (const RequestTiming& r : load.answered) ttft.push_back(r.ttft_s);
+        inter_token[i].push_back(load.mean_inter_token_s());
+        client_ttft[i].push_back(Quantile(ttft, 0.5));
+        coordinator_ttft[i].push_back((after.first - before.first) / (after.second - before.second));
+        if (start == 0 && run == 0) probes[i].shapes = std::move(load);
       }
-      MOE_ASSIGN_OR_RETURN(const auto after, CoordinatorTtft(*live));
-      if (after.second <= before.second) return absl::InternalError("calibration: the coordinator counted no first tokens");
-      std::vector<double> ttft;
-      for (const RequestTiming& r : load.answered) ttft.push_back(r.ttft_s);
-      inter_token.push_back(load.mean_inter_token_s());
-      client_ttft.push_back(Quantile(ttft, 0.5));
-      coordinator_ttft.push_back((after.first - before.first) / (after.second - before.second));
-      if (run == 0) probe.shapes = std::move(load);
     }
-    probe.inter_token_s = Quantile(inter_token, 0.5);
-    probe.client_ttft_p50_s = Quantile(client_ttft, 0.5);
-    probe.coordinator_ttft_s = Quantile(coordinator_ttft, 0.5);
+    MOE_RETURN_IF_ERROR(live->Stop());
   }
-  MOE_RETURN_IF_ERROR(live->Stop());
+  for (size_t i = 0; i < kProbes; ++i) {
+    probes[i].inter_token_s = Quantile(inter_token[i], 0.5);
+    probes[i].client_ttft_p50_s = Quantile(client_ttft[i], 0.5);
+    probes[i].coordinator_ttft_s = Quantile(coordinator_ttft[i], 0.5);
+  }
   return probes;
 }
 
@@ -309,15 +318,20 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
   c.matmul_in_features = config->hidden_size;
   c.matmul_out_features = config->expert_ffn_size;
   c.weight_type = options.weight_type;
+  const auto add_cluster = [&c](int workers, ExchangeBackend backend) {
+    WorkerCountCosts& w = c.per_workers.emplace_back();
+    w.workers = workers;
+    w.backend = backend;
+  };
   for (int workers : options.workers) {
     if (workers < 1) return absl::InvalidArgumentError("calibration: worker counts must be >= 1");
-    if (options.grpc || workers == 1) c.per_workers.push_back({workers, ExchangeBackend::kGrpc});
-    if (workers > 1 && options.mpi) c.per_workers.push_back({workers, ExchangeBackend::kMpi});
+    if (options.grpc || workers == 1) add_cluster(workers, ExchangeBackend::kGrpc);
+    if (workers > 1 && options.mpi) add_cluster(workers, ExchangeBackend::kMpi);
   }
   std::vector<std::vector<ProbeRuns>> probe_runs;
   for (const WorkerCountCosts& w : c.per_workers) {
     MOE_ASSIGN_OR_RETURN(probe_runs.emplace_back(),
-                         RunProbes(options.model_dir, *config, w.workers, w.backend, options.probe_runs));
+                         RunProbes(options.model_dir, *config, w.workers, w.backend, options.probe_starts, options.probe_runs));
   }
   c.kernel = MeasureKernel(c.matmul_in_features, c.matmul_out_features, options.weight_type, options.repeats);
 
@@ -386,8 +400,8 @@ std::optional<ExchangeBackend> ParseBackend(const std::string& name) {
 
 const char* BackendLauncher(ExchangeBackend backend) { return backend == ExchangeBackend::kMpi ? "run-mpi" : "run-local"; }
 
-std::string ClusterName(const WorkerCountCosts& costs) {
-  return absl::StrCat("this-machine-", costs.workers, "w", costs.backend == ExchangeBackend::kMpi ? "-mpi" : "");
+std::string ClusterName(int workers, ExchangeBackend backend) {
+  return absl::StrCat("this-machine-", workers, "w", backend == ExchangeBackend::kMpi ? "-mpi" : "");
 }
 
 nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCosts& costs) {
@@ -401,7 +415,7 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
       static_cast<double>(c.matmul_in_features * c.matmul_out_features) * static_cast<double>(DTypeSize(c.weight_type));
   const double one_row_s = 2.0 * static_cast<double>(c.matmul_in_features * c.matmul_out_features) / c.kernel.front().flops_per_s;
   nlohmann::json cluster = {
-      {"name", ClusterName(costs)},
+      {"name", ClusterName(costs.workers, costs.backend)},
       {"device", {{"name", "this machine (1 thread)"}, {"peak_tflops", peak / 1e12},
                   {"memory_gbps", weight_bytes / one_row_s / 1e9}, {"efficiency", efficiency}}},
       {"topology", "loopback"},

@@ -11,9 +11,9 @@
 //     mpirun (moe-bench-exchange --calibration-bytes);
 //   - the serving stack's own software cost, which neither of those covers, from probes of a real local
 //     cluster of N workers per backend: 1, 4, 8 and 24 clients, each sending one short request at a
-//     time, each load run several times (medians). Per probe: the clients' decode time per token and
-//     median TTFT, and the coordinator's own mean TTFT (request arrival to first token, from its
-//     /metrics). The simulator's software costs are then adjusted until it reproduces every probe (a
+//     time, each load run several times on each of several starts of the cluster (medians). Per probe:
+//     the clients' decode time per token and median TTFT, and the coordinator's own mean TTFT (request
+//     arrival to first token, from its /metrics). The simulator's software costs are then adjusted until it reproduces every probe (a
 //     few fixed-point rounds):
 //       - the step's cost by sequences in it (a curve, one point per probe), from the decode times;
 //       - the prefill's cost per step and per prompt row after the first, from the coordinator TTFT of
@@ -91,7 +91,8 @@ struct CalibrationOptions {
   std::vector<int> workers = {1, 2, 4};
   DType weight_type = DType::kBF16;  // how the workers store the weights (the checkpoint's type)
   int repeats = 41;
-  int probe_runs = 5;  // closed-loop runs per probe; the fit takes the medians of their figures
+  int probe_starts = 3;  // fresh starts of each probed cluster
+  int probe_runs = 2;    // closed-loop runs per probe and start; the fit takes the medians of all their figures
   bool grpc = true;    // the gRPC clusters (cluster/run-local; one worker always: it exchanges nothing)
   bool mpi = true;     // the MPI clusters (cluster/run-mpi) of 2+ workers
 };
@@ -113,7 +114,7 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
 nlohmann::json CalibrationJson(const Calibration& calibration);
 // Named this-machine-<N>w (gRPC) or this-machine-<N>w-mpi.
 nlohmann::json ThisMachineClusterJson(const Calibration& calibration, const WorkerCountCosts& costs);
-std::string ClusterName(const WorkerCountCosts& costs);
+std::string ClusterName(int workers, ExchangeBackend backend);
 
 // Simulates a closed-loop load as the live cluster saw it: `concurrency` clients, each answered
 // request's prompt and answer length, uniform expert popularity, every request on `task` when given.

@@ -837,7 +837,9 @@ TEST(ClusterDataPlaneTest, TheCoordinatorHandsEveryWorkerOneFreshCommunicatorIdP
     const auto& h = handed[first];
     EXPECT_EQ(h[0].id, h[1].id) << "every worker of an epoch joins the same communicator";
     EXPECT_FALSE(h[0].id.empty());
-    if (NcclDataPlaneBuilt()) EXPECT_EQ(h[0].id.size(), 128u) << "an ncclUniqueId";
+    if (NcclDataPlaneBuilt()) {
+      EXPECT_EQ(h[0].id.size(), 128u) << "an ncclUniqueId";
+    }
     first_id = h[0].id;
   }
   // The cluster serves through the data plane built from those ids, once it reports SERVING.
