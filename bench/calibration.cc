@@ -154,6 +154,7 @@ absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, c
                                                  ExchangeBackend backend, int starts, int runs) {
   constexpr size_t kProbes = std::size(kProbeConcurrency);
   std::vector<ProbeRuns> probes(kProbes);
+  for (size_t i = 0; i < kProbes; ++i) probes[i].concurrency = kProbeConcurrency[i];
   // By probe: each run's decode time per token, clients' median TTFT and coordinator's mean TTFT.
   std::vector<std::vector<double>> inter_token(kProbes), client_ttft(kProbes), coordinator_ttft(kProbes);
   for (int start = 0; start < starts; ++start) {
@@ -161,12 +162,10 @@ absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, c
                          LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"},
                                              BackendLauncher(backend)));
     for (size_t i = 0; i < kProbes; ++i) {
-      const int concurrency = kProbeConcurrency[i];
       RunClosedLoop(live->address(), {ProbePrompts(config, 1)[0]}, 1, {2, "", true});  // warm-up: connections, first touch
-      probes[i].concurrency = concurrency;
       for (int run = 0; run < runs; ++run) {
         MOE_ASSIGN_OR_RETURN(const auto before, CoordinatorTtft(*live));
-        LoadResult load = RunProbeLoad(live->address(), config, concurrency);
+        LoadResult load = RunProbeLoad(live->address(), config, probes[i].concurrency);
         if (load.failures > 0) {
           return absl::InternalError(absl::StrCat("calibration: ", load.failures, " probe requests failed"));
         }

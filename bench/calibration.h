@@ -13,8 +13,8 @@
 //     cluster of N workers per backend: 1, 4, 8 and 24 clients, each sending one short request at a
 //     time, each load run several times on each of several starts of the cluster (medians). Per probe:
 //     the clients' decode time per token and median TTFT, and the coordinator's own mean TTFT (request
-//     arrival to first token, from its /metrics). The simulator's software costs are then adjusted until it reproduces every probe (a
-//     few fixed-point rounds):
+//     arrival to first token, from its /metrics). The simulator's software costs are then adjusted
+//     until it reproduces every probe (a few fixed-point rounds):
 //       - the step's cost by sequences in it (a curve, one point per probe), from the decode times;
 //       - the prefill's cost per step and per prompt row after the first, from the coordinator TTFT of
 //         the one-client and the 24-client probes;

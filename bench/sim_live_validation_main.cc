@@ -107,9 +107,9 @@ absl::StatusOr<std::string> EnsureExpertMap(const std::string& model, const fs::
 
 // The live runs against themselves: for each of the four compared figures, how far the median of one
 // half of the runs is from the median of the other (relative to the latter). Empty when a half is.
-std::vector<double> HalvesSpread(const std::vector<Figures>& odd, const std::vector<Figures>& even) {
-  if (odd.empty() || even.empty()) return {};
-  const Figures a = MedianOf(odd), b = MedianOf(even);
+std::vector<double> HalvesSpread(const std::vector<Figures>& one, const std::vector<Figures>& other) {
+  if (one.empty() || other.empty()) return {};
+  const Figures a = MedianOf(one), b = MedianOf(other);
   std::vector<double> spread;
   for (double Figures::*f : {&Figures::tokens_per_s, &Figures::ttft_p50_s, &Figures::ttft_p90_s, &Figures::inter_token_s}) {
     spread.push_back(std::abs(a.*f - b.*f) / std::max(1e-12, b.*f));
