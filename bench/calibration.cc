@@ -423,7 +423,7 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
       {"prefill_row_overhead_ns", static_cast<int64_t>(costs.prefill_row_overhead_s * 1e9)},
       {"request_overhead_ns", static_cast<int64_t>(costs.request_overhead_s * 1e9)},
       {"collective_overhead_ns", static_cast<int64_t>(costs.exchange_latency_s * 1e9)},
-      {"compute_share", std::min(1.0, static_cast<double>(c.cores) / costs.workers)},
+      {"host_cores", c.cores},
       {"front_end_jitter", true},
       {"fidelity", "flow"}};
   if (!costs.step_overhead_curve_s.empty()) cluster["step_overhead_curve_ns"] = CurveJson(costs.step_overhead_curve_s, 1e9);

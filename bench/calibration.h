@@ -110,7 +110,7 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
 // The raw measurements, and the moe-sim cluster file (simulation/serving.h ClusterSpec) of this machine
 // running `costs.workers` workers, one coordinator and one compute thread per worker: a device from the
 // kernel curve, loopback ports at the exchange bandwidth, the step fan-out and exchange latency as fixed
-// overheads, and each worker's share of the cores when the workers outnumber them.
+// overheads, and the host's cores, which the workers computing at once share (ClusterSpec::host_cores).
 nlohmann::json CalibrationJson(const Calibration& calibration);
 // Named this-machine-<N>w (gRPC) or this-machine-<N>w-mpi.
 nlohmann::json ThisMachineClusterJson(const Calibration& calibration, const WorkerCountCosts& costs);

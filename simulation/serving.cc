@@ -137,7 +137,7 @@ absl::StatusOr<ClusterSpec> ClusterSpec::FromJson(const std::string& json_text, 
   c.token_delivery_curve = f.Curve("token_delivery_curve_ns", 0);
   c.front_end_jitter = f.Bool("front_end_jitter", false);
   c.collective_overhead = f.Int("collective_overhead_ns", 0, 0);
-  c.compute_share = f.Number("compute_share", 1, 1e-6, 1);
+  c.host_cores = static_cast<int>(f.Int("host_cores", 0, 0, 1 << 20));
   c.max_queued = static_cast<int>(f.Int("max_queued", c.max_queued, 0, 1 << 30));
   c.expert_slots = static_cast<int>(f.Int("expert_slots", 0, 0, 1 << 20));
   c.batch.max_running = static_cast<int>(f.Int("max_running", c.batch.max_running, 1, 1 << 20));
@@ -192,7 +192,7 @@ absl::Status ClusterSpec::Validate(const ModelShape& model) const {
   if (batch.max_running < 1 || batch.max_batch_tokens < 1) {
     return absl::InvalidArgumentError(where + "max_running and max_batch_tokens must be >= 1");
   }
-  if (!(compute_share > 0 && compute_share <= 1)) return absl::InvalidArgumentError(where + "compute_share must be in (0, 1]");
+  if (host_cores < 0) return absl::InvalidArgumentError(where + "host_cores must be >= 0");
   return absl::OkStatus();
 }
 
@@ -317,8 +317,11 @@ struct FlowStep {
     std::vector<std::map<int64_t, int64_t>> expert_rows;  // per worker: expert (merged ids past E) -> rows
     std::vector<int> dispatch_pending, combine_pending;   // messages still to arrive, per worker
     std::vector<bool> attention_done, experts_done;
+    // ClusterSpec::CoreShare of the workers with rows in this layer, and of those with experts to run.
+    double attention_share = 1, expert_share = 1;
   };
   std::vector<Layer> layers;
+  double head_share = 1;  // of the workers with sequences (the LM head)
   int workers_left = 0;
   std::vector<WorkerBatch> batches;
   // The phases, as events; they refer to this step by pointer (the replica owns it until the step ends).
@@ -348,12 +351,15 @@ class ServingSimulation {
     std::unique_ptr<FlowStep> flow;     // flow: the step in progress
   };
 
-  // ---- compute model
+  // ---- compute model: times on a whole device; OnShare stretches one to a share of it (host_cores)
   Nanos Roofline(double flops, double bytes, double tokens) const {
     if (flops <= 0 && bytes <= 0) return 0;
     const double eff = cluster_.device.EfficiencyAt(std::max<int64_t>(1, static_cast<int64_t>(std::llround(tokens))));
     const double s = std::max(flops / (cluster_.device.peak_flops * eff), bytes / cluster_.device.memory_bandwidth);
-    return static_cast<Nanos>(std::ceil(s / cluster_.compute_share * 1e9));
+    return static_cast<Nanos>(std::ceil(s * 1e9));
+  }
+  static Nanos OnShare(Nanos whole_device, double share) {
+    return share >= 1 ? whole_device : static_cast<Nanos>(std::ceil(static_cast<double>(whole_device) / share));
   }
   Nanos FfnTime(double tokens, int64_t ffn) const {
     if (tokens <= 0 || ffn <= 0) return 0;
@@ -702,10 +708,17 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
     G += batches[w].general_tokens;
     g_host[host[w]] += batches[w].general_tokens;
   }
-  std::vector<Nanos> attention(static_cast<size_t>(W)), lm_head(static_cast<size_t>(W));
+  int attending = 0, sampling = 0;  // workers with rows, with sequences
+  for (const WorkerBatch& b : batches) {
+    attending += b.tokens > 0;
+    sampling += b.sequences > 0;
+  }
+  const double attention_share = cluster_.CoreShare(attending), head_share = cluster_.CoreShare(sampling);
+  std::vector<Nanos> attention(static_cast<size_t>(W)), dense_ffn(static_cast<size_t>(W)), lm_head(static_cast<size_t>(W));
   for (int w = 0; w < W; ++w) {
-    attention[w] = AttentionTime(batches[w].tokens, batches[w].attended, batches[w].kv_positions);
-    lm_head[w] = LmHeadTime(static_cast<double>(batches[w].sequences));
+    attention[w] = OnShare(AttentionTime(batches[w].tokens, batches[w].attended, batches[w].kv_positions), attention_share);
+    dense_ffn[w] = OnShare(FfnTime(batches[w].tokens, shape_.dense_ffn), attention_share);
+    lm_head[w] = OnShare(LmHeadTime(static_cast<double>(batches[w].sequences)), head_share);
   }
   std::vector<double> port_bytes(static_cast<size_t>(2 * W), 0.0);  // this step, per port: max(tx, rx)
   std::vector<double> busy(static_cast<size_t>(W), 0.0);
@@ -756,20 +769,22 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
 
   // What does not depend on the layer: attention, the dense or shared FFN, home task maps' experts.
   double attention_phase = 0, dense_phase = 0;
-  std::vector<double> dense(static_cast<size_t>(W)), local_experts(static_cast<size_t>(W));
+  std::vector<double> dense(static_cast<size_t>(W));
+  std::vector<Nanos> local_experts(static_cast<size_t>(W));  // on the whole device
   std::vector<double> home_pairs(static_cast<size_t>(W), 0);
   for (int w = 0; w < W; ++w) {
     attention_phase = std::max(attention_phase, static_cast<double>(attention[w]));
-    dense[w] = static_cast<double>(attention[w] + FfnTime(batches[w].tokens, shape_.dense_ffn));
+    dense[w] = static_cast<double>(attention[w] + dense_ffn[w]);
     dense_phase = std::max(dense_phase, dense[w]);
-    local_experts[w] = static_cast<double>(FfnTime(batches[w].tokens, shape_.shared_expert_ffn));
+    local_experts[w] = FfnTime(batches[w].tokens, shape_.shared_expert_ffn);
     for (const auto& [task, rows] : batches[w].home) {
       const int m = MergedExperts(task);
-      local_experts[w] += static_cast<double>(m) * static_cast<double>(FfnTime(rows * k / m, shape_.expert_ffn));
+      local_experts[w] += m * FfnTime(rows * k / m, shape_.expert_ffn);
       home_pairs[w] += rows * k;
     }
   }
   const std::vector<Nanos>& expert_times = FluidExpertTimes(G);
+  std::vector<Nanos> layer_experts(static_cast<size_t>(W));  // one layer's, per worker, on the whole device
   for (int64_t l = 0; l < shape_.layers; ++l) {
     const int layer = static_cast<int>(l);
     if (!shape_.moe_layer[l]) {
@@ -778,9 +793,15 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
       continue;
     }
     const double dispatch = W > 1 ? exchange(layer, shape_.DispatchRecordBytes(), ModelShape::kMessageHeaderBytes) : 0;
+    int computing = 0;
+    for (int w = 0; w < W; ++w) {
+      layer_experts[w] = expert_times[l * W + w] + local_experts[w];
+      computing += layer_experts[w] > 0;
+    }
+    const double expert_core_share = cluster_.CoreShare(computing);
     double experts = 0;
     for (int w = 0; w < W; ++w) {
-      const double t = static_cast<double>(expert_times[l * W + w]) + local_experts[w];
+      const double t = static_cast<double>(OnShare(layer_experts[w], expert_core_share));
       worker_expert_tokens_[r.index * W + w] += home_pairs[w] + G * k * mass_[l][w];
       busy[w] += static_cast<double>(attention[w]) + t;
       experts = std::max(experts, t);
@@ -882,6 +903,18 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
       if (any) L.kv[s.rank] += static_cast<double>(s.prompt + s.generated);
     }
   }
+  int sampling = 0;
+  for (const WorkerBatch& b : step->batches) sampling += b.sequences > 0;
+  step->head_share = cluster_.CoreShare(sampling);
+  for (FlowStep::Layer& L : step->layers) {
+    int attending = 0, computing = 0;
+    for (int w = 0; w < W; ++w) {
+      attending += L.rows[w] > 0;
+      computing += !L.expert_rows[w].empty() || (shape_.shared_expert_ffn > 0 && L.rows[w] > 0);
+    }
+    L.attention_share = cluster_.CoreShare(attending);
+    L.expert_share = cluster_.CoreShare(computing);
+  }
 
   // The event chain. Each phase of worker w in layer l starts when its inputs are there.
   Replica* replica = &r;
@@ -891,7 +924,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
 
   step->start_layer = [=, this](int w, int64_t l) {
     if (l == shape_.layers) {  // this worker's last layer is done: its LM head, then the step ends with the last worker
-      const Nanos head = LmHeadTime(static_cast<double>(step->batches[w].sequences));
+      const Nanos head = OnShare(LmHeadTime(static_cast<double>(step->batches[w].sequences)), step->head_share);
       worker_busy_ns_[ri * W + w] += static_cast<double>(head);
       sim_.After(head, [=, this] {
         if (--step->workers_left == 0) {
@@ -903,6 +936,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
     FlowStep::Layer& L = step->layers[l];
     Nanos attention = AttentionTime(L.rows[w], L.attended[w], L.kv[w]);
     if (!shape_.moe_layer[l]) attention += FfnTime(L.rows[w], shape_.dense_ffn);
+    attention = OnShare(attention, L.attention_share);
     worker_busy_ns_[ri * W + w] += static_cast<double>(attention);
     sim_.After(attention, [=, this] {
       if (!shape_.moe_layer[l]) {
@@ -931,6 +965,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
       t += FfnTime(static_cast<double>(rows), shape_.expert_ffn);
       worker_expert_tokens_[ri * W + v] += rows;
     }
+    t = OnShare(t, L.expert_share);
     worker_busy_ns_[ri * W + v] += static_cast<double>(t);
     sim_.After(t + (W > 1 ? coll : 0), [=, this] {
       step->layers[l].experts_done[v] = true;

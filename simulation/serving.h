@@ -75,7 +75,11 @@ struct ClusterSpec {
   // or, when false, exactly the means.
   bool front_end_jitter = false;
   Nanos collective_overhead = 0;  // software cost of one all-to-all on every worker (dispatch or combine)
-  double compute_share = 1;       // share of the device one worker gets (CPU workers sharing cores)
+  // CPU workers sharing a host: the cores one replica's workers share, each worker computing on one
+  // core (the device profile is one core's). A phase (a layer's attention, its experts, the LM head)
+  // that keeps n > host_cores of a replica's workers busy gives each of them host_cores / n of its
+  // device; workers without rows in that phase take none. 0: every worker has a device of its own.
+  int host_cores = 0;
   int max_queued = 256;           // per replica: waiting requests beyond this are refused
   int expert_slots = 0;           // experts of one layer a worker's memory holds; 0: no limit
   BatchLimits batch;
@@ -94,6 +98,10 @@ struct ClusterSpec {
   }
   // The mean delay before a token produced by a step over `sequences` sequences reaches its client.
   Nanos TokenDelivery(int64_t sequences) const { return static_cast<Nanos>(Interpolate(token_delivery_curve, sequences)); }
+  // The share of its device each of `busy_workers` workers computing at once gets (host_cores).
+  double CoreShare(int busy_workers) const {
+    return host_cores > 0 && busy_workers > host_cores ? static_cast<double>(host_cores) / busy_workers : 1.0;
+  }
   // From a JSON object (see README "Simulator"); INVALID_ARGUMENT naming the field. `base_dir` resolves
   // a relative "topology_file".
   static absl::StatusOr<ClusterSpec> FromJson(const std::string& json_text, const std::string& source,

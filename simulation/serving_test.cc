@@ -224,6 +224,43 @@ TEST_P(BothFidelities, HomeTaskMapsKeepTokensOnTheirWorker) {
   }
 }
 
+// host_cores: workers share a host's cores only while they compute at once. Two workers, 2 experts
+// top-2, one request (prompt 4, 3 tokens) on worker 0: attention runs on worker 0 alone (a core of its
+// own), but both workers run an expert for every token, so on one core each expert phase takes twice
+// its 4 x 48 = 192 ns (prefill) and 48 ns (each decode step), on the critical path in both layers:
+// 2 x (192 + 48 + 48) = 576 ns more. A home task map keeps every row on worker 0: nothing is shared.
+TEST_P(BothFidelities, SharedHostCoresStretchOnlyThePhasesThatOverlap) {
+  Case own(2, 2, 2, GetParam());
+  Case shared = own;
+  shared.cluster.host_cores = 1;
+  auto a = own.Run(), b = shared.Run();
+  ASSERT_THAT(a.status(), IsOk());
+  ASSERT_THAT(b.status(), IsOk());
+  EXPECT_NEAR(b->makespan_s - a->makespan_s, 576e-9, 1e-15);
+
+  Case home_own(8, 2, 2, GetParam());
+  home_own.workload.tasks = {{"copy", 1.0, 0.5, 1.0}};
+  home_own.workload.requests = home_own.workload.concurrency = 4;
+  Case home_shared = home_own;
+  home_shared.cluster.host_cores = 1;
+  auto c = home_own.Run(), d = home_shared.Run();
+  ASSERT_THAT(c.status(), IsOk());
+  ASSERT_THAT(d.status(), IsOk());
+  EXPECT_EQ(d->makespan_s, c->makespan_s);
+
+  Case spread = own;  // two requests, one per worker: attention overlaps too
+  spread.workload.requests = spread.workload.concurrency = 2;
+  Case spread_two_cores = spread, spread_one_core = spread;
+  spread_two_cores.cluster.host_cores = 2;
+  spread_one_core.cluster.host_cores = 1;
+  auto e = spread.Run(), f = spread_two_cores.Run(), g = spread_one_core.Run();
+  ASSERT_THAT(e.status(), IsOk());
+  ASSERT_THAT(f.status(), IsOk());
+  ASSERT_THAT(g.status(), IsOk());
+  EXPECT_EQ(f->makespan_s, e->makespan_s);  // as many cores as workers: as if each had its own
+  EXPECT_GT(g->makespan_s - e->makespan_s, 576e-9);  // attention and the LM head stretch too
+}
+
 // Dr.LLM: tokens of a request with a layer router run half the layers, and decode gets faster.
 TEST_P(BothFidelities, LayerSkippingCutsLayersAndLatency) {
   Case full(4, 2, 1, GetParam());
@@ -291,6 +328,7 @@ TEST(ServingTest, BadClusterConfigsNameTheField) {
       {R"({"device": "H100", "shape": {"nic_gbps": 0}})", "c.json.shape.nic_gbps must be a number"},
       {R"({"device": "H100", "workers": 0})", "c.json.workers must be an integer"},
       {R"({"device": "H100", "fidelity": "fast"})", "c.json.fidelity must be flow, fluid or auto"},
+      {R"({"device": "H100", "host_cores": -2})", "c.json.host_cores must be an integer"},
       {R"({"device": "H100", "topology": "json"})", "c.json.topology_file is required"},
       {R"({"device": "H100", "device_hour_cost": "cheap"})", "c.json.device_hour_cost must be a number"},
       {R"({"device": "H100", "token_delivery_curve_ns": [[1, 5], [1, 6]]})", "c.json.token_delivery_curve_ns[1] must be [x, y]"},
