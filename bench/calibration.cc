@@ -129,15 +129,6 @@ std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int co
   return RandomPrompts(config.vocab_size, config.bos_token_id, std::max(12, 4 * concurrency), kProbePromptTokens, /*seed=*/7);
 }
 
-// One probe's load, repeated: the requests' shapes (the same every run: answers of exactly
-// kProbeMaxTokens) and, over the runs, the medians of the clients' mean decode time per token and
-// median TTFT, and of the coordinator's mean TTFT.
-struct ProbeRuns {
-  int concurrency = 0;
-  LoadResult shapes;
-  double inter_token_s = 0, client_ttft_p50_s = 0, coordinator_ttft_s = 0;
-};
-
 // The coordinator's TTFT histogram totals: (sum of seconds, count).
 absl::StatusOr<std::pair<double, double>> CoordinatorTtft(const LocalCluster& cluster) {
   MOE_ASSIGN_OR_RETURN(std::string page, HttpGet(cluster.metrics_url(), std::chrono::seconds(10)));
@@ -147,47 +138,58 @@ absl::StatusOr<std::pair<double, double>> CoordinatorTtft(const LocalCluster& cl
   return std::make_pair(sum, count);
 }
 
+}  // namespace
+
+ProbeSamples::ProbeSamples() {
+  for (int concurrency : kProbeConcurrency) probes.push_back({concurrency, {}, {}, {}, {}});
+}
+
+ProbeFigures ProbeSamples::Medians(size_t probe) const {
+  const Probe& p = probes[probe];
+  return {Quantile(p.decode_s, 0.5), Quantile(p.client_ttft_p50_s, 0.5), Quantile(p.coordinator_ttft_s, 0.5)};
+}
+
+absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, int runs, ProbeSamples* samples) {
+  for (ProbeSamples::Probe& probe : samples->probes) {
+    RunClosedLoop(live.address(), {ProbePrompts(config, 1)[0]}, 1, {2, "", true});  // warm-up: connections, first touch
+    for (int run = 0; run < runs; ++run) {
+      MOE_ASSIGN_OR_RETURN(const auto before, CoordinatorTtft(live));
+      LoadResult load = RunProbeLoad(live.address(), config, probe.concurrency);
+      if (load.failures > 0) return absl::InternalError(absl::StrCat("calibration: ", load.failures, " probe requests failed"));
+      MOE_ASSIGN_OR_RETURN(const auto after, CoordinatorTtft(live));
+      if (after.second <= before.second) return absl::InternalError("calibration: the coordinator counted no first tokens");
+      std::vector<double> ttft;
+      for (const RequestTiming& r : load.answered) ttft.push_back(r.ttft_s);
+      probe.decode_s.push_back(load.mean_inter_token_s());
+      probe.client_ttft_p50_s.push_back(Quantile(ttft, 0.5));
+      probe.coordinator_ttft_s.push_back((after.first - before.first) / (after.second - before.second));
+      if (probe.shapes.answered.empty()) probe.shapes = std::move(load);
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
 // Each probe's figures are medians over `starts` fresh starts of the cluster, `runs` closed-loop runs each:
 // on this shared machine the same probe moves by 10-50% between two starts of the same cluster, so one
 // start is one sample of what a start costs, not the cluster's figure.
-absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, const ModelConfig& config, int workers,
-                                                 ExchangeBackend backend, int starts, int runs) {
-  constexpr size_t kProbes = std::size(kProbeConcurrency);
-  std::vector<ProbeRuns> probes(kProbes);
-  for (size_t i = 0; i < kProbes; ++i) probes[i].concurrency = kProbeConcurrency[i];
-  // By probe: each run's decode time per token, clients' median TTFT and coordinator's mean TTFT.
-  std::vector<std::vector<double>> inter_token(kProbes), client_ttft(kProbes), coordinator_ttft(kProbes);
+absl::StatusOr<ProbeSamples> RunProbes(const std::string& model_dir, const ModelConfig& config, int workers,
+                                       ExchangeBackend backend, int starts, int runs) {
+  ProbeSamples samples;
   for (int start = 0; start < starts; ++start) {
     MOE_ASSIGN_OR_RETURN(std::unique_ptr<LocalCluster> live,
                          LocalCluster::Start(model_dir, workers, {}, std::chrono::seconds(180), {"--threads", "1"},
                                              BackendLauncher(backend)));
-    for (size_t i = 0; i < kProbes; ++i) {
-      RunClosedLoop(live->address(), {ProbePrompts(config, 1)[0]}, 1, {2, "", true});  // warm-up: connections, first touch
-      for (int run = 0; run < runs; ++run) {
-        MOE_ASSIGN_OR_RETURN(const auto before, CoordinatorTtft(*live));
-        LoadResult load = RunProbeLoad(live->address(), config, probes[i].concurrency);
-        if (load.failures > 0) {
-          return absl::InternalError(absl::StrCat("calibration: ", load.failures, " probe requests failed"));
-        }
-        MOE_ASSIGN_OR_RETURN(const auto after, CoordinatorTtft(*live));
-        if (after.second <= before.second) return absl::InternalError("calibration: the coordinator counted no first tokens");
-        std::vector<double> ttft;
-        for (const RequestTiming& r : load.answered) ttft.push_back(r.ttft_s);
-        inter_token[i].push_back(load.mean_inter_token_s());
-        client_ttft[i].push_back(Quantile(ttft, 0.5));
-        coordinator_ttft[i].push_back((after.first - before.first) / (after.second - before.second));
-        if (start == 0 && run == 0) probes[i].shapes = std::move(load);
-      }
-    }
+    MOE_RETURN_IF_ERROR(ProbeCluster(*live, config, runs, &samples));
     MOE_RETURN_IF_ERROR(live->Stop());
   }
-  for (size_t i = 0; i < kProbes; ++i) {
-    probes[i].inter_token_s = Quantile(inter_token[i], 0.5);
-    probes[i].client_ttft_p50_s = Quantile(client_ttft[i], 0.5);
-    probes[i].coordinator_ttft_s = Quantile(coordinator_ttft[i], 0.5);
-  }
-  return probes;
+  return samples;
 }
+
+constexpr int kFitRounds = 8;  // FitServingOverheads' rounds
+
+}  // namespace
 
 // The serving costs: started from what the simulator without them leaves unexplained, then corrected
 // by what the simulator with them still misses, for kFitRounds rounds:
@@ -200,15 +202,17 @@ absl::StatusOr<std::vector<ProbeRuns>> RunProbes(const std::string& model_dir, c
 //     are too noisy for a point each), by the least-squares line through the probes' misses of the
 //     clients' median TTFT, with the intake fixed at half the one-client front end (client TTFT -
 //     coordinator TTFT).
-constexpr int kFitRounds = 8;
-
 absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShape& shape, const Calibration& c,
-                                 const std::vector<ProbeRuns>& runs, WorkerCountCosts* costs) {
+                                 const ProbeSamples& samples, WorkerCountCosts* costs) {
+  const std::vector<ProbeSamples::Probe>& runs = samples.probes;
+  for (const ProbeSamples::Probe& probe : runs) {
+    if (probe.decode_s.empty()) return absl::InvalidArgumentError("calibration: a probe without runs");
+  }
   struct Simulated {
     ProbeFigures figures;
     double rows_per_prefill_step = 0, sequences_per_step = 0;
   };
-  auto simulate = [&](const ProbeRuns& probe) -> absl::StatusOr<Simulated> {
+  auto simulate = [&](const ProbeSamples::Probe& probe) -> absl::StatusOr<Simulated> {
     MOE_ASSIGN_OR_RETURN(sim::ClusterSpec cluster,
                          sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, *costs).dump(), "calibration", ""));
     MOE_ASSIGN_OR_RETURN(sim::SimReport report,
@@ -221,12 +225,10 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
   costs->step_overhead_curve_s.clear();
   costs->token_delivery_curve_s.clear();
   costs->prefill_step_overhead_s = costs->prefill_row_overhead_s = costs->request_overhead_s = 0;
-  for (const ProbeRuns& probe : runs) {
-    costs->probes.push_back({probe.concurrency, {probe.inter_token_s, probe.client_ttft_p50_s, probe.coordinator_ttft_s}, {}});
-  }
+  for (size_t i = 0; i < runs.size(); ++i) costs->probes.push_back({runs[i].concurrency, samples.Medians(i), {}});
   // Starting points: the simulator without any software cost.
   std::vector<Simulated> bare;
-  for (const ProbeRuns& probe : runs) {
+  for (const ProbeSamples::Probe& probe : runs) {
     MOE_ASSIGN_OR_RETURN(bare.emplace_back(), simulate(probe));
   }
   const size_t busiest = runs.size() - 1;
@@ -295,6 +297,8 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
   return absl::OkStatus();
 }
 
+namespace {
+
 // [[n, seconds x scale], ...]
 nlohmann::json CurveJson(const std::vector<std::pair<int64_t, double>>& curve, double scale) {
   nlohmann::json points = nlohmann::json::array();
@@ -327,9 +331,10 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
     if (options.grpc || workers == 1) add_cluster(workers, ExchangeBackend::kGrpc);
     if (workers > 1 && options.mpi) add_cluster(workers, ExchangeBackend::kMpi);
   }
-  std::vector<std::vector<ProbeRuns>> probe_runs;
+  std::vector<ProbeSamples> probe_samples;
   for (const WorkerCountCosts& w : c.per_workers) {
-    MOE_ASSIGN_OR_RETURN(probe_runs.emplace_back(),
+    if (options.probe_starts == 0) break;
+    MOE_ASSIGN_OR_RETURN(probe_samples.emplace_back(),
                          RunProbes(options.model_dir, *config, w.workers, w.backend, options.probe_starts, options.probe_runs));
   }
   c.kernel = MeasureKernel(c.matmul_in_features, c.matmul_out_features, options.weight_type, options.repeats);
@@ -352,8 +357,8 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
                            std::max(1e-9, seconds.second - seconds.first);
   }
   const sim::ModelShape shape = ServedShape(*config, options.model_dir, options.weight_type);
-  for (size_t i = 0; i < c.per_workers.size(); ++i) {
-    MOE_RETURN_IF_ERROR(FitServingOverheads(*config, shape, c, probe_runs[i], &c.per_workers[i]));
+  for (size_t i = 0; i < probe_samples.size(); ++i) {
+    MOE_RETURN_IF_ERROR(FitServingOverheads(*config, shape, c, probe_samples[i], &c.per_workers[i]));
   }
   return c;
 }

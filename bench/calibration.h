@@ -34,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "bench/load_client.h"
 #include "checkpoint/model_config.h"
+#include "cluster/local_cluster.h"
 #include "common/dtype.h"
 #include "nlohmann/json.hpp"
 #include "simulation/serving.h"
@@ -91,7 +92,9 @@ struct CalibrationOptions {
   std::vector<int> workers = {1, 2, 4};
   DType weight_type = DType::kBF16;  // how the workers store the weights (the checkpoint's type)
   int repeats = 41;
-  int probe_starts = 3;  // fresh starts of each probed cluster
+  // Fresh starts of each probed cluster. 0: no probes, and no serving costs fitted (the caller probes
+  // clusters of its own with ProbeCluster and fits with FitServingOverheads).
+  int probe_starts = 3;
   int probe_runs = 2;    // closed-loop runs per probe and start; the fit takes the medians of all their figures
   bool grpc = true;    // the gRPC clusters (cluster/run-local; one worker always: it exchanges nothing)
   bool mpi = true;     // the MPI clusters (cluster/run-mpi) of 2+ workers
@@ -101,6 +104,31 @@ struct CalibrationOptions {
 // 4 x concurrency) requests of the same 12-token prompts every time, kProbeMaxTokens tokens each.
 inline constexpr int kProbeMaxTokens = 32;
 LoadResult RunProbeLoad(const std::string& address, const ModelConfig& config, int concurrency);
+
+// The probes' figures over runs, on one or several starts of a cluster: for each probe (1, 4, 8 and 24
+// clients, ascending), every run's figures and the first run's requests (their shapes, for the
+// simulator: the same every run).
+struct ProbeSamples {
+  struct Probe {
+    int concurrency = 0;
+    LoadResult shapes;
+    std::vector<double> decode_s, client_ttft_p50_s, coordinator_ttft_s;  // one per run
+  };
+  std::vector<Probe> probes;
+  ProbeSamples();  // every probe, no runs yet
+  ProbeFigures Medians(size_t probe) const;
+};
+
+// Adds `runs` runs of every probe on the running cluster `live` (its coordinator's /metrics is read).
+// INTERNAL when a probe request fails or /metrics has no TTFT histogram.
+absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, int runs, ProbeSamples* samples);
+
+// Fits `costs`' serving costs (the step-overhead and token-delivery curves, the prefill and intake
+// costs) until the simulator, on `calibration`'s device and `costs`' exchange, reproduces the probes'
+// medians; `costs->probes` gets the measured and simulated figures. INVALID_ARGUMENT for a probe
+// without runs.
+absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShape& shape, const Calibration& calibration,
+                                 const ProbeSamples& samples, WorkerCountCosts* costs);
 
 // INVALID_ARGUMENT for an unreadable model config or a worker count < 1; INTERNAL when a loopback
 // server cannot start, an exchange fails or mpirun does not report the MPI figures; the cluster's error

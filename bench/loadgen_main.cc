@@ -26,6 +26,7 @@ ABSL_FLAG(bool, ignore_eos, false, "answers of exactly --max-tokens tokens (the 
 ABSL_FLAG(std::string, server, "",
           "load this running cluster (HOST:PORT: launched by mpirun, Slurm or by hand) instead of starting local ones");
 ABSL_FLAG(int32_t, threads, 1, "compute threads per worker (and for the engine baseline)");
+ABSL_FLAG(std::string, task, "", "with --server: every request on this task's expert map (the cluster must have it loaded)");
 
 namespace {
 
@@ -40,7 +41,8 @@ struct RunStats {
 RunStats LoadCluster(const std::string& address, const std::vector<std::vector<int32_t>>& prompts, int concurrency,
                      int max_tokens) {
   const moe::bench::LoadResult load =
-      moe::bench::RunClosedLoop(address, prompts, concurrency, {max_tokens, "", absl::GetFlag(FLAGS_ignore_eos)});
+      moe::bench::RunClosedLoop(address, prompts, concurrency,
+                                {max_tokens, absl::GetFlag(FLAGS_task), absl::GetFlag(FLAGS_ignore_eos)});
   std::vector<double> ttft;
   for (const auto& r : load.answered) {
     if (r.output_tokens > 0) ttft.push_back(r.ttft_s);
@@ -70,7 +72,13 @@ absl::StatusOr<RunStats> RunEngine(const std::string& dir, const std::vector<std
   const auto start = Clock::now();
   for (size_t b = 0; b < prompts.size(); b += static_cast<size_t>(concurrency)) {
     std::vector<moe::GenerationRequest> batch;
-    for (size_t i = b; i < std::min(prompts.size(), b + concurrency); ++i) batch.push_back({prompts[i], max_tokens, {}, !absl::GetFlag(FLAGS_ignore_eos)});
+    for (size_t i = b; i < std::min(prompts.size(), b + concurrency); ++i) {
+      moe::GenerationRequest request;
+      request.prompt = prompts[i];
+      request.max_tokens = max_tokens;
+      request.stop_at_eos = !absl::GetFlag(FLAGS_ignore_eos);
+      batch.push_back(std::move(request));
+    }
     moe::GenerationStats st;
     auto results = moe::Generate(model, batch, &st);
     if (!results.ok()) return results.status();
@@ -118,6 +126,10 @@ int main(int argc, char** argv) {
     std::cout << Row("cluster at " + server, s, 0)
               << absl::StrFormat(" all2all %.1f KB/token", s.tokens ? s.all2all_bytes / 1e3 / s.tokens : 0.0) << std::endl;
     return s.failures > 0 ? 1 : 0;
+  }
+  if (!absl::GetFlag(FLAGS_task).empty()) {
+    std::cerr << "moe-loadgen: --task needs --server (the local clusters it starts have no expert maps)\n";
+    return 1;
   }
   auto engine = RunEngine(dir, prompts, concurrency, max_tokens, absl::GetFlag(FLAGS_threads));
   if (!engine.ok()) {

@@ -1,21 +1,26 @@
 // moe-bench-sim-live: the simulator's predictions for the live local cluster beside the cluster's own
-// figures. For each worker count, on the full model and on a task expert map, it starts a real local
-// cluster (cluster/run-local: all-to-all over gRPC; with --backends mpi also cluster/run-mpi for more
-// than one worker: all-to-all over MPI), runs the closed-loop load of moe-loadgen against it, then
-// simulates the same requests (closed loop, the same concurrency, each request's prompt and answer
-// length) on the cluster file moe-calibrate wrote for that worker count and backend. Prints predicted
-// vs measured throughput, TTFT p50/p90 and decode time per token, each error, and per backend the
-// median and worst absolute error. Two measures of this machine's own noise come with them: the live
-// runs' two halves against each other (the odd starts' runs against the even starts'), and each
-// cluster's 8-client calibration probe run again on its validation's starts (how far the machine has
-// drifted since calibration.json was measured).
+// figures. For each worker count it starts a real local cluster (cluster/run-local: all-to-all over
+// gRPC; with --backends mpi also cluster/run-mpi for more than one worker: all-to-all over MPI) with a
+// task expert map loaded, runs the closed-loop load of moe-loadgen against it on the full model and on
+// the map (their runs interleaved), then simulates the same requests (closed loop, the same
+// concurrency, each request's prompt and answer length) on the cluster file moe-calibrate wrote for
+// that worker count and backend. Prints predicted vs measured throughput, TTFT p50/p90 and decode time
+// per token, each error, and per backend the median and worst absolute error. Beside them:
+//   - the map's decode time over the full model's, live within each start and simulated: how well the
+//     simulator sees what the map saves, free of the machine's drift;
+//   - the live runs' two halves against each other (the odd starts' runs against the even starts');
+//   - each cluster's 8-client calibration probe run again on its validation's starts (how far the
+//     machine has drifted since calibration.json was measured).
 //   build/bin/moe-calibrate --model models/tiny-moe --out build/calibration
 //   build/bin/moe-bench-sim-live --model models/tiny-moe --calibration build/calibration
 //       [--expert-map DIR (default: moe-prune's add-uncurl-p2 for the model, made once under --calibration)]
 //       [--workers 1,2,4] [--backends grpc,mpi] [--requests 64] [--concurrency 16] [--prompt-len 12]
-//       [--max-tokens 16] [--starts 4] [--repeats 2] [--calibrate_each]
+//       [--max-tokens 16] [--starts 4] [--repeats 2] [--calibrate_on_starts]
 // Each live figure is the median of --repeats runs on each of --starts fresh starts of the cluster: on
-// this shared machine a figure moves by 10-50% between two starts of the same cluster.
+// this shared machine a figure moves by 10-50% between two starts of the same cluster. With
+// --calibrate_on_starts the calibration's probes run on those same starts (before the validation
+// runs), and the kernel and exchange are measured right before: the comparison then holds the
+// simulator's own error, not the machine's drift between a calibration and a validation.
 // Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, or failed requests.
 #include <algorithm>
 #include <cmath>
@@ -39,9 +44,10 @@ ABSL_FLAG(std::string, model, "models/tiny-moe", "checkpoint directory");
 ABSL_FLAG(std::string, calibration, "build/calibration", "moe-calibrate's output directory");
 ABSL_FLAG(std::string, expert_map, "", "task expert map directory (empty: make add-uncurl-p2 with moe-prune)");
 ABSL_FLAG(std::vector<std::string>, workers, std::vector<std::string>({"1", "2", "4"}), "worker counts");
-ABSL_FLAG(bool, calibrate_each, false,
-          "calibrate each cluster (moe-calibrate's measurements for that worker count and backend) right before "
-          "validating it, instead of reading --calibration's files: less of the machine's drift in between");
+ABSL_FLAG(bool, calibrate_on_starts, false,
+          "calibrate each cluster on its validation's own starts instead of reading --calibration's files: the "
+          "kernel and exchange measured right before, the probes run on each start before its validation runs; "
+          "what is left is the simulator's own error, without the machine's drift from start to start");
 ABSL_FLAG(std::vector<std::string>, backends, std::vector<std::string>({"grpc", "mpi"}),
           "the workers' all-to-all: grpc (cluster/run-local) and/or mpi (cluster/run-mpi, 2+ workers)");
 ABSL_FLAG(int32_t, requests, 64, "requests per configuration");
@@ -120,6 +126,8 @@ std::vector<double> HalvesSpread(const std::vector<Figures>& one, const std::vec
 // The drift check: the calibration's probe with this many clients, run again on each of a cluster's
 // validation starts (before its runs), at least this many runs in all.
 constexpr int kDriftProbeClients = 8, kDriftProbeRuns = 3;
+// --calibrate_on_starts: runs of the calibration's probes on each start.
+constexpr int kProbeRunsPerStart = 2;
 
 // The decode time per token calibration.json recorded for that cluster's full-model probe.
 std::optional<double> CalibrationProbeDecode(const nlohmann::json& calibration, int workers, const std::string& backend,
@@ -185,14 +193,15 @@ int main(int argc, char** argv) {
   // per setup. How close any prediction can be expected to come on this machine.
   std::vector<double> live_spread;
   // The machine's drift since the calibration: its 8-client probe of each cluster, run again now.
-  const bool calibrate_each = absl::GetFlag(FLAGS_calibrate_each);
-  nlohmann::json calibration;  // calibration.json, or (--calibrate_each) each cluster's own calibration
-  if (!calibrate_each) {
+  const bool calibrate_on_starts = absl::GetFlag(FLAGS_calibrate_on_starts);
+  nlohmann::json calibration;  // calibration.json (not read with --calibrate_on_starts)
+  if (!calibrate_on_starts) {
     absl::StatusOr<std::string> text = moe::sim::ReadTextFile((calibration_dir / "calibration.json").string());
     if (!text.ok()) return Fail(absl::StrCat(text.status().ToString(), " (run moe-calibrate first)"));
     calibration = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   }
   std::string drift_table;
+  std::string map_table;  // the map's decode time over the full model's: live (paired by start) and simulated
   const int drift_runs_per_start = (kDriftProbeRuns + starts - 1) / starts;
   std::vector<double> drifts;
   for (const std::string& w : absl::GetFlag(FLAGS_workers)) {
@@ -204,66 +213,89 @@ int main(int argc, char** argv) {
       const std::string backend = moe::bench::BackendName(backend_kind);
       const std::string cluster_name = moe::bench::ClusterName(workers, backend_kind);
       absl::StatusOr<moe::sim::ClusterSpec> cluster;
-      if (calibrate_each) {  // moe-calibrate's measurements for this cluster alone, now
+      absl::StatusOr<moe::bench::Calibration> made;  // --calibrate_on_starts: this cluster's calibration
+      moe::bench::ProbeSamples probes;               // --calibrate_on_starts: its probes, on the starts below
+      if (calibrate_on_starts) {  // the kernel and this cluster's exchange, now; the probes come with the starts
         moe::bench::CalibrationOptions options;
         options.model_dir = model_dir;
         options.workers = {workers};
         options.weight_type = *weight_type;
         options.grpc = !mpi;
         options.mpi = mpi;
-        absl::StatusOr<moe::bench::Calibration> made = moe::bench::CalibrateThisMachine(options);
+        options.probe_starts = 0;
+        made = moe::bench::CalibrateThisMachine(options);
         if (!made.ok()) return Fail(made.status().ToString());
-        calibration = moe::bench::CalibrationJson(*made);
-        cluster = moe::sim::ClusterSpec::FromJson(moe::bench::ThisMachineClusterJson(*made, made->per_workers.front()).dump(),
-                                                  cluster_name, "");
       } else {
         cluster = moe::sim::ClusterSpec::FromFile((calibration_dir / (cluster_name + ".json")).string());
+        if (!cluster.ok()) return Fail(absl::StrCat(cluster.status().ToString(), " (run moe-calibrate first)"));
       }
-      if (!cluster.ok()) return Fail(absl::StrCat(cluster.status().ToString(), " (run moe-calibrate first)"));
-      for (const bool with_map : {false, true}) {
-        const std::string task = with_map ? map->name : "";
-        std::vector<std::string> coordinator_flags;
-        if (with_map) coordinator_flags = {"--expert_maps", map_dir};
-        std::vector<Figures> live_runs, halves[2];
-        std::vector<double> drift_runs;
-        moe::bench::LoadResult load;
-        for (int start = 0; start < starts; ++start) {
-          auto live = moe::LocalCluster::Start(model_dir, workers, coordinator_flags, std::chrono::seconds(180),
-                                               {"--threads", "1"}, moe::bench::BackendLauncher(backend_kind));
-          if (!live.ok()) return Fail(live.status().ToString());
-          moe::bench::RunClosedLoop((*live)->address(), {prompts[0]}, 1, {2, task, true});  // warm-up: connections, first touch
-          for (int run = 0; !with_map && run < drift_runs_per_start; ++run) {
-            drift_runs.push_back(
-                moe::bench::RunProbeLoad((*live)->address(), *config, kDriftProbeClients).mean_inter_token_s());
+      // One cluster per start serves both the full model and the map (--expert_maps loaded; requests
+      // without a task use the full model), their runs interleaved, the order alternating by start: the
+      // map's speed against the full model's is then compared within a start, free of the machine's
+      // drift between starts.
+      std::vector<Figures> live_runs[2], halves[2][2];  // [with_map], [with_map][start parity]
+      std::vector<double> drift_runs, paired_decode_ratio;
+      moe::bench::LoadResult load[2];
+      for (int start = 0; start < starts; ++start) {
+        auto live = moe::LocalCluster::Start(model_dir, workers, {"--expert_maps", map_dir}, std::chrono::seconds(180),
+                                             {"--threads", "1"}, moe::bench::BackendLauncher(backend_kind));
+        if (!live.ok()) return Fail(live.status().ToString());
+        for (const std::string& task : {std::string(), map->name}) {  // warm-up: connections, first touch
+          moe::bench::RunClosedLoop((*live)->address(), {prompts[0]}, 1, {2, task, true});
+        }
+        if (calibrate_on_starts) {
+          if (absl::Status probed = moe::bench::ProbeCluster(**live, *config, kProbeRunsPerStart, &probes); !probed.ok()) {
+            return Fail(probed.ToString());
           }
-          for (int run = 0; run < repeats; ++run) {
-            load = moe::bench::RunClosedLoop((*live)->address(), prompts, concurrency, {max_tokens, task, /*ignore_eos=*/true});
-            if (load.failures > 0) break;
-            live_runs.push_back(Measured(load));
+        }
+        for (int run = 0; !calibrate_on_starts && run < drift_runs_per_start; ++run) {
+          drift_runs.push_back(moe::bench::RunProbeLoad((*live)->address(), *config, kDriftProbeClients).mean_inter_token_s());
+        }
+        std::vector<Figures> this_start[2];
+        int64_t failures = 0;
+        for (int run = 0; run < repeats && failures == 0; ++run) {
+          for (const bool with_map : {start % 2 == 1, start % 2 == 0}) {
+            load[with_map] = moe::bench::RunClosedLoop((*live)->address(), prompts, concurrency,
+                                                       {max_tokens, with_map ? map->name : "", /*ignore_eos=*/true});
+            failures += load[with_map].failures;
+            if (failures > 0) break;
+            this_start[with_map].push_back(Measured(load[with_map]));
+            live_runs[with_map].push_back(this_start[with_map].back());
             // One start's runs in one half: the halves then differ as two starts do (with one start, as runs).
-            halves[(starts > 1 ? start : run) % 2].push_back(live_runs.back());
-          }
-          if (!(*live)->Stop().ok()) std::cerr << "moe-bench-sim-live: the cluster did not stop cleanly\n";
-          if (load.failures > 0) return Fail(absl::StrCat(load.failures, " requests failed on ", workers, " workers"));
-        }
-        if (!with_map) {
-          const std::optional<double> then = CalibrationProbeDecode(calibration, workers, backend, kDriftProbeClients);
-          const double now_s = Quantile(drift_runs, 0.5);
-          if (then) {
-            drifts.push_back(std::abs(now_s / *then - 1));
-            absl::StrAppendFormat(&drift_table, "| %d, %s | %.2f | %.2f | %+.0f%% |\n", workers, backend, *then * 1e3,
-                                  now_s * 1e3, 100 * (now_s / *then - 1));
+            halves[with_map][(starts > 1 ? start : run) % 2].push_back(live_runs[with_map].back());
           }
         }
+        if (!(*live)->Stop().ok()) std::cerr << "moe-bench-sim-live: the cluster did not stop cleanly\n";
+        if (failures > 0) return Fail(absl::StrCat(failures, " requests failed on ", workers, " workers"));
+        paired_decode_ratio.push_back(MedianOf(this_start[1]).inter_token_s / MedianOf(this_start[0]).inter_token_s);
+      }
+      if (calibrate_on_starts) {
+        moe::bench::WorkerCountCosts& costs = made->per_workers.front();
+        if (absl::Status fitted = moe::bench::FitServingOverheads(*config, shape, *made, probes, &costs); !fitted.ok()) {
+          return Fail(fitted.ToString());
+        }
+        cluster = moe::sim::ClusterSpec::FromJson(moe::bench::ThisMachineClusterJson(*made, costs).dump(), cluster_name, "");
+        if (!cluster.ok()) return Fail(cluster.status().ToString());
+      }
+      const std::optional<double> then = CalibrationProbeDecode(calibration, workers, backend, kDriftProbeClients);
+      if (then) {
+        const double now_s = Quantile(drift_runs, 0.5);
+        drifts.push_back(std::abs(now_s / *then - 1));
+        absl::StrAppendFormat(&drift_table, "| %d, %s | %.2f | %.2f | %+.0f%% |\n", workers, backend, *then * 1e3,
+                              now_s * 1e3, 100 * (now_s / *then - 1));
+      }
 
+      Figures predicted[2];
+      for (const bool with_map : {false, true}) {
         std::optional<moe::sim::TaskProfile> task_profile;
         if (with_map) task_profile = moe::sim::TaskProfile{map->name, 1.0, kept_fraction, 1.0};
         absl::StatusOr<moe::sim::SimReport> report =
-            moe::bench::SimulateClosedLoop(*config, shape, *cluster, load, concurrency, task_profile);
+            moe::bench::SimulateClosedLoop(*config, shape, *cluster, load[with_map], concurrency, task_profile);
         if (!report.ok()) return Fail(report.status().ToString());
 
-        const Figures p = Predicted(*report), m = MedianOf(live_runs);
-        for (double d : HalvesSpread(halves[1], halves[0])) live_spread.push_back(d);
+        const Figures p = Predicted(*report), m = MedianOf(live_runs[with_map]);
+        predicted[with_map] = p;
+        for (double d : HalvesSpread(halves[with_map][1], halves[with_map][0])) live_spread.push_back(d);
         auto err = [&errors, &backend](double predicted, double measured) {
           const double e = measured > 0 ? (predicted - measured) / measured : 0;
           errors[backend].push_back(std::abs(e));
@@ -278,6 +310,11 @@ int main(int argc, char** argv) {
                                      m.all2all_bytes_per_token / 1e3)
                   << std::flush;
       }
+      const double sim_ratio = predicted[1].inter_token_s / predicted[0].inter_token_s;
+      absl::StrAppendFormat(&map_table, "| %d, %s | %.2f | %.2f | %.2f | %.2f | %+.0f%% |\n", workers, backend,
+                            Quantile(paired_decode_ratio, 0.5), Quantile(paired_decode_ratio, 0.0),
+                            Quantile(paired_decode_ratio, 1.0), sim_ratio,
+                            100 * (sim_ratio / Quantile(paired_decode_ratio, 0.5) - 1));
     }
   }
   for (const auto& [backend, e] : errors) {
@@ -290,6 +327,12 @@ int main(int argc, char** argv) {
                                  kDriftProbeClients, drift_runs_per_start * starts, starts, 100 * Quantile(drifts, 0.5))
               << "| workers, exchange | calibration ms/token | now | drift |\n|---|---|---|---|\n"
               << drift_table;
+  }
+  if (!map_table.empty()) {
+    std::cout << "the map's decode time per token over the full model's, live within each start (the median, lowest and "
+                 "highest start) and simulated: the map's own speed-up, free of the machine's drift\n"
+                 "| workers, exchange | live | lowest | highest | sim | sim vs live |\n|---|---|---|---|---|---|\n"
+              << map_table;
   }
   if (!live_spread.empty()) {
     std::cout << absl::StrFormat("live against live (medians of the odd %s vs the even %s) over %d figures: median %.0f%%, worst %.0f%%\n",
