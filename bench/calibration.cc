@@ -118,11 +118,12 @@ absl::StatusOr<std::pair<double, double>> MeasureMpiExchange(int ranks, size_t s
   return std::make_pair(small_s, large_s);
 }
 
-// The probes: 1, 4, 8 and 24 clients (around the 16 of moe-bench-sim-live's load), each sending one
+// The probes: 1 to 32 clients by powers of two (the step cost's curve between them is linear, and it
+// bends: on this machine its slope per client halves between 4-8 and 8-24 clients), each sending one
 // request (a 12-token prompt, 32 new tokens) at a time, max(12, 4 x clients) requests per run, on local
 // clusters of `workers` workers. Run before any in-process measurement, so no lingering gRPC
 // thread of this process competes with the cluster.
-constexpr int kProbeConcurrency[] = {1, 4, 8, 24};
+constexpr int kProbeConcurrency[] = {1, 2, 4, 8, 16, 32};
 constexpr int kProbePromptTokens = 12;
 
 std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int concurrency) {

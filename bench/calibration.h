@@ -10,14 +10,14 @@
 //     among N in-process ranks on loopback ports, MPI (exchange/mpi_exchange.h) among N processes under
 //     mpirun (moe-bench-exchange --calibration-bytes);
 //   - the serving stack's own software cost, which neither of those covers, from probes of a real local
-//     cluster of N workers per backend: 1, 4, 8 and 24 clients, each sending one short request at a
+//     cluster of N workers per backend: 1, 2, 4, 8, 16 and 32 clients, each sending one short request at a
 //     time, each load run several times on each of several starts of the cluster (medians). Per probe:
 //     the clients' decode time per token and median TTFT, and the coordinator's own mean TTFT (request
 //     arrival to first token, from its /metrics). The simulator's software costs are then adjusted
 //     until it reproduces every probe (a few fixed-point rounds):
 //       - the step's cost by sequences in it (a curve, one point per probe), from the decode times;
 //       - the prefill's cost per step and per prompt row after the first, from the coordinator TTFT of
-//         the one-client and the 24-client probes;
+//         the one-client and the 32-client probes;
 //       - the front end (the clients' TTFT beyond the coordinator's): the coordinator's intake, half of
 //         the one-client figure (the other half is the way back; a hand trace of the one-worker probe
 //         measured 0.21 ms in and 0.19 ms out), and the token's way back, a line in the streams in
@@ -105,7 +105,7 @@ struct CalibrationOptions {
 inline constexpr int kProbeMaxTokens = 32;
 LoadResult RunProbeLoad(const std::string& address, const ModelConfig& config, int concurrency);
 
-// The probes' figures over runs, on one or several starts of a cluster: for each probe (1, 4, 8 and 24
+// The probes' figures over runs, on one or several starts of a cluster: for each probe (1 to 32
 // clients, ascending), every run's figures and the first run's requests (their shapes, for the
 // simulator: the same every run).
 struct ProbeSamples {

@@ -14,7 +14,7 @@
 //   build/bin/moe-calibrate --model models/tiny-moe --out build/calibration
 //   build/bin/moe-bench-sim-live --model models/tiny-moe --calibration build/calibration
 //       [--expert-map DIR (default: moe-prune's add-uncurl-p2 for the model, made once under --calibration)]
-//       [--workers 1,2,4] [--backends grpc,mpi] [--requests 64] [--concurrency 16] [--prompt-len 12]
+//       [--workers 1,2,4] [--backends grpc,mpi] [--requests 128] [--concurrency 12] [--prompt-len 12]
 //       [--max-tokens 16] [--starts 4] [--repeats 2] [--calibrate_on_starts]
 // Each live figure is the median of --repeats runs on each of --starts fresh starts of the cluster: on
 // this shared machine a figure moves by 10-50% between two starts of the same cluster. With
@@ -50,8 +50,8 @@ ABSL_FLAG(bool, calibrate_on_starts, false,
           "what is left is the simulator's own error, without the machine's drift from start to start");
 ABSL_FLAG(std::vector<std::string>, backends, std::vector<std::string>({"grpc", "mpi"}),
           "the workers' all-to-all: grpc (cluster/run-local) and/or mpi (cluster/run-mpi, 2+ workers)");
-ABSL_FLAG(int32_t, requests, 64, "requests per configuration");
-ABSL_FLAG(int32_t, concurrency, 16, "concurrent clients");
+ABSL_FLAG(int32_t, requests, 128, "requests per run");
+ABSL_FLAG(int32_t, concurrency, 12, "concurrent clients (between the calibration's probes of 8 and 16)");
 ABSL_FLAG(int32_t, prompt_len, 12, "prompt tokens");
 ABSL_FLAG(int32_t, max_tokens, 16, "tokens per answer (the end-of-sequence token ignored)");
 ABSL_FLAG(int32_t, starts, 4,
