@@ -189,31 +189,6 @@ absl::StatusOr<ProbeSamples> RunProbes(const std::string& model_dir, const Model
 }
 
 constexpr int kFitRounds = 8;  // FitServingOverheads' rounds
-constexpr double kFitStep = 0.7;  // the share of a fitted miss a round corrects
-
-struct Line {
-  double at_zero = 0, slope = 0;
-};
-
-// The weighted least-squares line y = at_zero + slope x (slope 0 when the x are all alike).
-Line FitLine(const std::vector<double>& x, const std::vector<double>& y, const std::vector<double>& weight) {
-  double total = 0, mean_x = 0, mean_y = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    total += weight[i];
-    mean_x += weight[i] * x[i];
-    mean_y += weight[i] * y[i];
-  }
-  if (total <= 0) return {};
-  mean_x /= total;
-  mean_y /= total;
-  double sxx = 0, sxy = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    sxx += weight[i] * (x[i] - mean_x) * (x[i] - mean_x);
-    sxy += weight[i] * (x[i] - mean_x) * (y[i] - mean_y);
-  }
-  const double slope = sxx > 0 ? sxy / sxx : 0;
-  return {mean_y - slope * mean_x, slope};
-}
 
 }  // namespace
 
@@ -221,9 +196,9 @@ Line FitLine(const std::vector<double>& x, const std::vector<double>& y, const s
 // by what the simulator with them still misses, for kFitRounds rounds:
 //   - each probe's point of the step-overhead curve by its decode time (the points sit at the sequences
 //     per step the simulator runs the probe with);
-//   - the prefill costs, per step and per row, by the weighted least-squares line through every
-//     probe's miss of the coordinator's TTFT against the rows per prefill step the simulator saw
-//     (from one prompt alone at one client to several per step), each miss relative to its TTFT;
+//   - the prefill costs by the coordinator TTFT of the one-client probe (one prefill step of one
+//     prompt, nothing else running) and of the busiest probe (prefill steps of several prompts): per
+//     step and per row (two probes, two unknowns, at the rows per prefill step the simulator saw);
 //   - the token-delivery curve, a line in the streams per step (probe to probe the front end's figures
 //     are too noisy for a point each), by the least-squares line through the probes' misses of the
 //     clients' median TTFT, with the intake fixed at half the one-client front end (client TTFT -
@@ -257,6 +232,7 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
   for (const ProbeSamples::Probe& probe : runs) {
     MOE_ASSIGN_OR_RETURN(bare.emplace_back(), simulate(probe));
   }
+  const size_t busiest = runs.size() - 1;
   const ProbeFigures& alone = costs->probes[0].measured;  // one client: every TTFT alike
   costs->request_overhead_s = std::max(0.0, (alone.client_ttft_p50_s - alone.coordinator_ttft_s) / 2);
   double delivery_at_zero = 0, delivery_per_stream = 0;  // the token-delivery line
@@ -282,11 +258,21 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
       x.push_back(static_cast<double>(costs->token_delivery_curve_s[i].first));
       ttft_miss.push_back(m.client_ttft_p50_s - s.client_ttft_p50_s);
     }
-    // The least-squares line through the misses, taken in steps of kFitStep (the misses also move
-    // with the other costs).
-    const Line delivery_miss = FitLine(x, ttft_miss, std::vector<double>(x.size(), 1.0));
-    delivery_per_stream += kFitStep * delivery_miss.slope;
-    delivery_at_zero += kFitStep * delivery_miss.at_zero;
+    // The least-squares line through the misses, taken in steps of 0.7 (the misses also move with the
+    // other costs).
+    const double n = static_cast<double>(x.size());
+    double mean_x = 0, mean_miss = 0, sxx = 0, sxy = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      mean_x += x[i] / n;
+      mean_miss += ttft_miss[i] / n;
+    }
+    for (size_t i = 0; i < x.size(); ++i) {
+      sxx += (x[i] - mean_x) * (x[i] - mean_x);
+      sxy += (x[i] - mean_x) * (ttft_miss[i] - mean_miss);
+    }
+    const double slope = sxx > 0 ? sxy / sxx : 0;
+    delivery_per_stream += 0.7 * slope;
+    delivery_at_zero += 0.7 * (mean_miss - slope * mean_x);
     // Each curve point sits at the sequences per step the simulator ran the probe with (ascending).
     for (size_t i = 0; i < runs.size(); ++i) {
       const int64_t at = std::llround(now[i].sequences_per_step);
@@ -294,19 +280,19 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
       costs->step_overhead_curve_s[i].first = costs->token_delivery_curve_s[i].first = xi;
     }
     set_delivery_curve();
-    // The prefill costs by the line through every probe's coordinator-TTFT miss against its rows per
-    // prefill step, each miss relative to its TTFT (the 32-client probe's milliseconds do not outweigh
-    // the one-client probe's).
-    std::vector<double> rows, coordinator_miss, weight;
-    for (size_t i = 0; i < runs.size(); ++i) {
-      const double measured = costs->probes[i].measured.coordinator_ttft_s;
-      rows.push_back(now[i].rows_per_prefill_step);
-      coordinator_miss.push_back(measured - now[i].figures.coordinator_ttft_s);
-      weight.push_back(1.0 / std::max(1e-12, measured * measured));
-    }
-    const Line prefill_miss = FitLine(rows, coordinator_miss, weight);
-    costs->prefill_row_overhead_s = std::max(0.0, costs->prefill_row_overhead_s + kFitStep * prefill_miss.slope);
-    costs->prefill_step_overhead_s = std::max(0.0, costs->prefill_step_overhead_s + kFitStep * prefill_miss.at_zero);
+    const double miss_one = costs->probes[0].measured.coordinator_ttft_s - now[0].figures.coordinator_ttft_s;
+    const double miss_busy = costs->probes[busiest].measured.coordinator_ttft_s - now[busiest].figures.coordinator_ttft_s;
+    const double rows_one = now[0].rows_per_prefill_step, rows_busy = now[busiest].rows_per_prefill_step;
+    // Half steps for the per-row cost (the busiest probe's TTFT also moves with its queueing); the
+    // per-step cost takes up the rest of the one-client miss, after the per-row change actually made.
+    // (A weighted least-squares line through every probe's miss was tried: the rows per prefill step
+    // move with the costs, as prompts coalesce into fewer prefill steps, and on probes the simulator
+    // made from known costs it wandered off them: calibration_test.cc.)
+    const double per_row = rows_busy > rows_one + 1 ? 0.5 * (miss_busy - miss_one) / (rows_busy - rows_one) : 0;
+    const double row_before = costs->prefill_row_overhead_s;
+    costs->prefill_row_overhead_s = std::max(0.0, row_before + per_row);
+    costs->prefill_step_overhead_s = std::max(
+        0.0, costs->prefill_step_overhead_s + miss_one - rows_one * (costs->prefill_row_overhead_s - row_before));
   }
   for (size_t i = 0; i < runs.size(); ++i) {
     MOE_ASSIGN_OR_RETURN(const Simulated s, simulate(runs[i]));

@@ -17,7 +17,7 @@
 //     until it reproduces every probe (a few fixed-point rounds):
 //       - the step's cost by sequences in it (a curve, one point per probe), from the decode times;
 //       - the prefill's cost per step and per prompt row after the first, from the coordinator TTFT of
-//         every probe (a line in the rows per prefill step, through their relative misses);
+//         the one-client and the 32-client probes;
 //       - the front end (the clients' TTFT beyond the coordinator's): the coordinator's intake, half of
 //         the one-client figure (the other half is the way back; a hand trace of the one-worker probe
 //         measured 0.21 ms in and 0.19 ms out), and the token's way back, a line in the streams in
