@@ -183,8 +183,10 @@ int main(int argc, char** argv) {
       moe::bench::RandomPrompts(config->vocab_size, config->bos_token_id, requests, prompt_len);
   std::cout << absl::StrFormat(
       "model %s; %d requests, concurrency %d, prompt %d tokens, up to %d new tokens; map %s (%.0f%% of experts reachable)\n"
-      "simulated: flow fidelity on the cluster files in %s; answers of exactly max_tokens (ignore_eos)\n",
-      model_dir, requests, concurrency, prompt_len, max_tokens, map->name, 100 * kept_fraction, calibration_dir.string());
+      "simulated: flow fidelity on %s; answers of exactly max_tokens (ignore_eos)\n",
+      model_dir, requests, concurrency, prompt_len, max_tokens, map->name, 100 * kept_fraction,
+      absl::GetFlag(FLAGS_calibrate_on_starts) ? "each cluster calibrated on its own starts"
+                                               : "the cluster files in " + calibration_dir.string());
   std::cout << "| setup | tokens/s sim | live | err | TTFT p50 ms sim | live | err | TTFT p90 ms sim | live | err | "
                "ms/token sim | live | err | all2all KB/token sim | live |\n"
                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
