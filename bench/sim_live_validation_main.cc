@@ -182,9 +182,10 @@ int main(int argc, char** argv) {
   const std::vector<std::vector<int32_t>> prompts =
       moe::bench::RandomPrompts(config->vocab_size, config->bos_token_id, requests, prompt_len);
   std::cout << absl::StrFormat(
-      "model %s; %d requests, concurrency %d, prompt %d tokens, up to %d new tokens; map %s (%.0f%% of experts reachable)\n"
+      "model %s; %d requests, concurrency %d, prompt %d tokens, up to %d new tokens; map %s (%.0f%% of experts reachable, "
+      "%.2f experts a token)\n"
       "simulated: flow fidelity on %s; answers of exactly max_tokens (ignore_eos)\n",
-      model_dir, requests, concurrency, prompt_len, max_tokens, map->name, 100 * kept_fraction,
+      model_dir, requests, concurrency, prompt_len, max_tokens, map->name, 100 * kept_fraction, map->MeanExpertsPerToken(),
       absl::GetFlag(FLAGS_calibrate_on_starts) ? "each cluster calibrated on its own starts"
                                                : "the cluster files in " + calibration_dir.string());
   std::cout << "| setup | tokens/s sim | live | err | TTFT p50 ms sim | live | err | TTFT p90 ms sim | live | err | "
@@ -290,7 +291,7 @@ int main(int argc, char** argv) {
       Figures predicted[2];
       for (const bool with_map : {false, true}) {
         std::optional<moe::sim::TaskProfile> task_profile;
-        if (with_map) task_profile = moe::sim::TaskProfile{map->name, 1.0, kept_fraction, 1.0};
+        if (with_map) task_profile = moe::sim::TaskProfile{map->name, 1.0, kept_fraction, 1.0, map->MeanExpertsPerToken()};
         absl::StatusOr<moe::sim::SimReport> report =
             moe::bench::SimulateClosedLoop(*config, shape, *cluster, load[with_map], concurrency, task_profile);
         if (!report.ok()) return Fail(report.status().ToString());

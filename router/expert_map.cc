@@ -65,6 +65,17 @@ double ExpertMap::MeanReachableExperts() const {
   return sum / static_cast<double>(layers.size());
 }
 
+double ExpertMap::MeanExpertsPerToken() const {
+  double sum = 0;
+  int64_t measured = 0;
+  for (const LayerExpertMap& lm : layers) {
+    if (lm.experts_per_token <= 0) continue;
+    sum += lm.experts_per_token;
+    ++measured;
+  }
+  return measured > 0 ? sum / static_cast<double>(measured) : 0;
+}
+
 absl::Status ValidateExpertMap(const ExpertMap& map, const ModelIdentity& model, int64_t top_k) {
   MOE_RETURN_IF_ERROR(CheckSameModel(map.model, model, absl::StrCat("expert map '", map.name, "'")));
   if (map.name.empty()) return Invalid(map, "has no name");
@@ -92,6 +103,9 @@ absl::Status ValidateExpertMap(const ExpertMap& map, const ModelIdentity& model,
       ++live;
     }
     if (live < top_k) return Invalid(map, absl::StrCat(where, ": ", live, " live gate slots, fewer than top-k ", top_k));
+    if (lm.experts_per_token != 0 && !(lm.experts_per_token >= 1 && lm.experts_per_token <= static_cast<double>(top_k))) {
+      return Invalid(map, absl::StrCat(where, ": experts_per_token ", lm.experts_per_token, " is outside [1, top-k ", top_k, "]"));
+    }
     for (int64_t m = 0; m < merged; ++m) {
       const MergedExpert& me = lm.merged[m];
       if (!merged_used[m]) return Invalid(map, absl::StrCat(where, ": merged expert ", m, " is not the target of any slot"));
@@ -135,7 +149,9 @@ absl::Status WriteExpertMap(const ExpertMap& map, const std::string& dir, DType 
       specs.push_back({MergedTensor(lm.layer, static_cast<int64_t>(m), "w2"), dtype, {w.hidden, w.ffn}});
       sources.push_back(&w.down);
     }
-    layers.push_back({{"layer", lm.layer}, {"slot_to_expert", lm.slot_to_expert}, {"merged", merged}});
+    Json layer = {{"layer", lm.layer}, {"slot_to_expert", lm.slot_to_expert}, {"merged", merged}};
+    if (lm.experts_per_token > 0) layer["experts_per_token"] = lm.experts_per_token;
+    layers.push_back(std::move(layer));
   }
   manifest["layers"] = layers;
   std::ofstream out(std::filesystem::path(dir) / "manifest.json");
@@ -168,6 +184,7 @@ absl::StatusOr<ExpertMap> ReadExpertMap(const std::string& dir, bool with_weight
       LayerExpertMap lm;
       lm.layer = l.at("layer").get<int64_t>();
       lm.slot_to_expert = l.at("slot_to_expert").get<std::vector<int32_t>>();
+      lm.experts_per_token = l.value("experts_per_token", 0.0);
       for (const Json& me : l.at("merged")) {
         lm.merged.push_back({me.at("members").get<std::vector<int32_t>>(), me.at("usage").get<std::vector<int64_t>>(), {}});
       }

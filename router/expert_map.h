@@ -50,6 +50,9 @@ struct LayerExpertMap {
   int64_t layer = 0;
   std::vector<int32_t> slot_to_expert;  // [num_experts]; see the file comment
   std::vector<MergedExpert> merged;
+  // Distinct experts a token of the task runs in this layer under the map, on average over the task's
+  // data (top-k slots that share a target become one expert call); 0: not measured (maps written before).
+  double experts_per_token = 0;
 };
 
 struct ExpertMap {
@@ -65,6 +68,8 @@ struct ExpertMap {
   int64_t ReachableExperts(int64_t layer) const;
   // ReachableExperts averaged over the map's layers; 0 for a map without layers.
   double MeanReachableExperts() const;
+  // experts_per_token averaged over the layers that have it; 0 when none has.
+  double MeanExpertsPerToken() const;
 };
 
 // Checks the map's structure and that it belongs to `model` (identity, shapes, targets in range, every

@@ -139,11 +139,12 @@ int main(int argc, char** argv) {
           map.layers.push_back(std::move(*layer));
         }
         if (absl::Status s = moe::ValidateExpertMap(map, *identity, c.top_k); !s.ok()) return Fail(s.ToString());
+        for (moe::LayerExpertMap& lm : map.layers) lm.experts_per_token = moe::MeanExpertsPerToken((*stats)[lm.layer], lm, c);
         const std::string dir = absl::StrCat(absl::GetFlag(FLAGS_out), "/", map.name);
         if (absl::Status s = moe::WriteExpertMap(map, dir, storage); !s.ok()) return Fail(s.ToString());
         std::cout << absl::StrFormat("%s: %d tokens ->", dir, (*stats)[map.layers[0].layer].num_tokens());
         for (const moe::LayerExpertMap& lm : map.layers) std::cout << " | layer " << lm.layer << ":" << Members(lm);
-        std::cout << absl::StrFormat(" | reachable=%.2f\n", map.MeanReachableExperts());
+        std::cout << absl::StrFormat(" | reachable=%.2f experts/token=%.2f\n", map.MeanReachableExperts(), map.MeanExpertsPerToken());
       }
     }
   }

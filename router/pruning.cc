@@ -8,8 +8,18 @@
 #include "absl/strings/str_cat.h"
 #include "common/splitmix.h"
 #include "common/status.h"
+#include "engine/expert_dispatch.h"
 
 namespace moe {
+
+double MeanExpertsPerToken(const LayerRouterStats& stats, const LayerExpertMap& layer, const ModelConfig& config) {
+  const int64_t tokens = stats.num_tokens();
+  if (tokens == 0) return 0;
+  const std::vector<const int32_t*> targets(static_cast<size_t>(tokens), layer.slot_to_expert.data());
+  const RoutingDecision routing = ComputeRouting(stats.logits.data(), tokens, config, targets);
+  const int64_t used = std::count_if(routing.experts.begin(), routing.experts.end(), [](int32_t e) { return e != kNoExpert; });
+  return static_cast<double>(used) / static_cast<double>(tokens);
+}
 
 std::vector<double> RouterAffinity(const LayerRouterStats& stats) {
   const int64_t n = stats.num_experts, tokens = stats.num_tokens();

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "checkpoint/model_config.h"
 #include "router/expert_map.h"
 
 namespace moe {
@@ -18,6 +19,12 @@ struct LayerRouterStats {
   std::vector<int64_t> usage;  // [num_experts] times each expert was in a token's top-k
   int64_t num_tokens() const { return num_experts ? static_cast<int64_t>(logits.size()) / num_experts : 0; }
 };
+
+// The distinct experts a token runs in `layer.layer` under the map layer's slot routing, averaged over
+// the stats' tokens: the serving code's own routing (engine/expert_dispatch.h ComputeRouting) on the
+// task's router logits, where top-k slots that share a target become one expert. 0 without tokens.
+// REQUIRES: layer.slot_to_expert has stats.num_experts entries, at least top_k of them live.
+double MeanExpertsPerToken(const LayerRouterStats& stats, const LayerExpertMap& layer, const ModelConfig& config);
 
 // A[i][j] = (cos(Z_i, Z_j) + 1) / 2 where Z_i is expert i's column of router logits; [E * E], row-major.
 // A column of zeros has cosine 0 with everything (affinity 1/2) and 1 with itself.

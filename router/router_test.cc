@@ -139,6 +139,24 @@ TEST(ComputeRoutingTest, TaskMapMergesAndDropsSlots) {
   EXPECT_THAT(r.experts, ElementsAre(3, 2));
 }
 
+// Two tokens, 4 experts top-2, slots 2 and 3 merged into expert 4: the first token's top slots (3, 2)
+// become one expert call, the second's (1, 0) stay two; 1.5 experts a token.
+TEST(MeanExpertsPerTokenTest, CountsTheCallsLeftAfterMergedSlotsCombine) {
+  ModelConfig c;
+  c.num_experts = 4;
+  c.top_k = 2;
+  LayerRouterStats stats;
+  stats.num_experts = 4;
+  stats.logits = {0.0f, 1.0f, 2.0f, 3.0f,   // top: slots 3, 2
+                  3.0f, 2.0f, 0.0f, 1.0f};  // top: slots 0, 1
+  LayerExpertMap layer;
+  layer.slot_to_expert = {0, 1, 4, 4};
+  EXPECT_DOUBLE_EQ(MeanExpertsPerToken(stats, layer, c), 1.5);
+  layer.slot_to_expert = {0, 1, 2, 3};
+  EXPECT_DOUBLE_EQ(MeanExpertsPerToken(stats, layer, c), 2.0);
+  EXPECT_DOUBLE_EQ(MeanExpertsPerToken(LayerRouterStats{4, {}, {}}, layer, c), 0.0);
+}
+
 class ExpertMapTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -191,6 +209,13 @@ TEST_F(ExpertMapTest, RoundTripsAndRefusesBadMaps) {
   EXPECT_EQ(back->layers[0].merged[0].weights.down, map.layers[0].merged[0].weights.down);
   EXPECT_EQ(back->ReachableExperts(1), 7);
   EXPECT_EQ(back->ReachableExperts(0), 8);
+  EXPECT_EQ(back->MeanExpertsPerToken(), 0);  // not measured
+  ExpertMap measured = map;
+  measured.layers[0].experts_per_token = 1.75;
+  ASSERT_THAT(WriteExpertMap(measured, (dir_ / "measured").string(), DType::kF32), IsOk());
+  auto measured_back = ReadExpertMap((dir_ / "measured").string(), false);
+  ASSERT_THAT(measured_back, IsOk());
+  EXPECT_EQ(measured_back->MeanExpertsPerToken(), 1.75);
 
   ExpertMap other = map;
   other.model.router_fingerprint = "0000000000000000";
@@ -207,6 +232,9 @@ TEST_F(ExpertMapTest, RoundTripsAndRefusesBadMaps) {
   bad = map;
   bad.layers[0].slot_to_expert = {8, kNoExpert, kNoExpert, kNoExpert, kNoExpert, kNoExpert, kNoExpert, kNoExpert};
   EXPECT_THAT(ValidateExpertMap(bad, identity_, 2), StatusIs(absl::StatusCode::kInvalidArgument, "fewer than top-k"));
+  bad = map;
+  bad.layers[0].experts_per_token = 2.5;
+  EXPECT_THAT(ValidateExpertMap(bad, identity_, 2), StatusIs(absl::StatusCode::kInvalidArgument, "experts_per_token 2.5"));
   bad = map;
   bad.layers[0].layer = 7;
   EXPECT_THAT(ValidateExpertMap(bad, identity_, 2), StatusIs(absl::StatusCode::kInvalidArgument, "range"));

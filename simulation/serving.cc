@@ -389,6 +389,11 @@ class ServingSimulation {
   }
   int HomeRank(int task) const { return TaskAtHome(task) ? task % cluster_.workers : -1; }
   double RunRate(int task) const { return task >= 0 ? workload_.tasks[task].layer_run_rate : 1.0; }
+  // Distinct experts a row of `task` runs per MoE layer, on average (TaskProfile::experts_per_token).
+  double ExpertsPerRow(int task) const {
+    const double k = static_cast<double>(shape_.top_k);
+    return task >= 0 && workload_.tasks[task].experts_per_token > 0 ? std::min(k, workload_.tasks[task].experts_per_token) : k;
+  }
 
   // ---- serving
   // A request reaches its replica (round-robin by request index) and queues, or is refused.
@@ -779,8 +784,8 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
     local_experts[w] = FfnTime(batches[w].tokens, shape_.shared_expert_ffn);
     for (const auto& [task, rows] : batches[w].home) {
       const int m = MergedExperts(task);
-      local_experts[w] += m * FfnTime(rows * k / m, shape_.expert_ffn);
-      home_pairs[w] += rows * k;
+      local_experts[w] += m * FfnTime(rows * ExpertsPerRow(task) / m, shape_.expert_ffn);
+      home_pairs[w] += rows * ExpertsPerRow(task);
     }
   }
   const std::vector<Nanos>& expert_times = FluidExpertTimes(G);
@@ -865,8 +870,13 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
         L.attended[s.rank] += static_cast<double>(first_position + row + 1);
         if (!shape_.moe_layer[l]) continue;
         const int64_t pool = home || spread_map ? MergedExperts(s.task) : E;
-        // k distinct experts (fewer when the pool is smaller), in proportion to popularity.
-        const int64_t want = std::min(k, pool);
+        // k distinct experts (fewer when the pool is smaller, or when the task's slots merge:
+        // ExpertsPerRow, drawn to a whole number with that mean), in proportion to popularity.
+        int64_t want = std::min(k, pool);
+        if (const double per_row = ExpertsPerRow(s.task); per_row < static_cast<double>(k)) {
+          const double whole = std::floor(per_row);
+          want = std::clamp<int64_t>(static_cast<int64_t>(whole) + (routing_rng_.NextUniform() < per_row - whole ? 1 : 0), 1, want);
+        }
         for (int64_t j = 0; j < want; ++j) {
           int64_t e;
           do {
@@ -1089,6 +1099,12 @@ absl::StatusOr<SimReport> SimulateServing(const ModelConfig& config, const Model
   }
   for (const SimRequest& r : requests) {
     if (r.task >= static_cast<int>(workload.tasks.size())) return absl::InvalidArgumentError("request names an unknown task");
+  }
+  for (const TaskProfile& t : workload.tasks) {
+    if (t.experts_per_token != 0 && !(t.experts_per_token >= 1 && t.experts_per_token <= static_cast<double>(shape.top_k))) {
+      return absl::InvalidArgumentError(absl::StrCat("task '", t.name, "': experts_per_token ", t.experts_per_token,
+                                                     " is outside [1, top_k ", shape.top_k, "]"));
+    }
   }
   ServingSimulation simulation(config, shape, popularity, cluster, workload, requests);
   return simulation.Run();

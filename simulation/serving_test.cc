@@ -261,6 +261,24 @@ TEST_P(BothFidelities, SharedHostCoresStretchOnlyThePhasesThatOverlap) {
   EXPECT_GT(g->makespan_s - e->makespan_s, 576e-9);  // attention and the LM head stretch too
 }
 
+// A map whose top-2 slots always merge (experts_per_token 1) runs one expert call per token and layer:
+// half the token-expert pairs of the same map without it, and less time; outside [1, top_k] it is refused.
+TEST_P(BothFidelities, MergedSlotsCutTheExpertCallsOfAMap) {
+  Case two(8, 2, 2, GetParam());
+  two.workload.tasks = {{"copy", 1.0, 0.5, 1.0}};
+  two.workload.requests = two.workload.concurrency = 4;
+  Case one = two;
+  one.workload.tasks[0].experts_per_token = 1;
+  auto a = two.Run(), b = one.Run();
+  ASSERT_THAT(a.status(), IsOk());
+  ASSERT_THAT(b.status(), IsOk());
+  EXPECT_EQ(a->workers[0].expert_tokens, 4 * (4 + 2) * 2 * 2);  // rows x layers x 2 experts, all on home rank 0
+  EXPECT_EQ(b->workers[0].expert_tokens, 4 * (4 + 2) * 2 * 1);
+  EXPECT_LT(b->makespan_s, a->makespan_s);
+  one.workload.tasks[0].experts_per_token = 3;
+  EXPECT_THAT(one.Run().status(), StatusIs(absl::StatusCode::kInvalidArgument, "experts_per_token 3 is outside [1, top_k 2]"));
+}
+
 // Dr.LLM: tokens of a request with a layer router run half the layers, and decode gets faster.
 TEST_P(BothFidelities, LayerSkippingCutsLayersAndLatency) {
   Case full(4, 2, 1, GetParam());

@@ -116,6 +116,7 @@ absl::StatusOr<WorkloadSpec> WorkloadSpec::FromJson(const std::string& json_text
     p.share = t.Number("share", 0, 0, 1);
     p.kept_fraction = t.Number("kept_fraction", 1, 1e-9, 1);
     p.layer_run_rate = t.Number("layer_run_rate", 1, 1e-9, 1);
+    p.experts_per_token = t.Number("experts_per_token", 0, 0);  // against top_k: SimulateServing
     MOE_RETURN_IF_ERROR(t.status());
     w.tasks.push_back(p);
   }

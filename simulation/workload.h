@@ -59,6 +59,10 @@ struct TaskProfile {
   // Layers a token runs, as a fraction of the model's layers (Dr.LLM's measured layers per token / L),
   // in (0, 1]; 1 = no layer router.
   double layer_run_rate = 1;
+  // Distinct experts a token of the task runs per MoE layer under its map (top-k slots that share a
+  // merged expert become one call; moe-prune measures it: ExpertMap::MeanExpertsPerToken), in
+  // [1, top_k]; 0: top_k.
+  double experts_per_token = 0;
 };
 
 struct SimRequest {
