@@ -318,10 +318,10 @@ struct FlowStep {
     std::vector<int> dispatch_pending, combine_pending;   // messages still to arrive, per worker
     std::vector<bool> attention_done, experts_done;
     // ClusterSpec::CoreShare of the workers with rows in this layer, and of those with experts to run.
-    double attention_share = 1, expert_share = 1;
+    double attention_core_share = 1, expert_core_share = 1;
   };
   std::vector<Layer> layers;
-  double head_share = 1;  // of the workers with sequences (the LM head)
+  double head_core_share = 1;  // of the workers with sequences (the LM head)
   int workers_left = 0;
   std::vector<WorkerBatch> batches;
   // The phases, as events; they refer to this step by pointer (the replica owns it until the step ends).
@@ -718,12 +718,12 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
     attending += b.tokens > 0;
     sampling += b.sequences > 0;
   }
-  const double attention_share = cluster_.CoreShare(attending), head_share = cluster_.CoreShare(sampling);
+  const double attention_core_share = cluster_.CoreShare(attending), head_core_share = cluster_.CoreShare(sampling);
   std::vector<Nanos> attention(static_cast<size_t>(W)), dense_ffn(static_cast<size_t>(W)), lm_head(static_cast<size_t>(W));
   for (int w = 0; w < W; ++w) {
-    attention[w] = OnShare(AttentionTime(batches[w].tokens, batches[w].attended, batches[w].kv_positions), attention_share);
-    dense_ffn[w] = OnShare(FfnTime(batches[w].tokens, shape_.dense_ffn), attention_share);
-    lm_head[w] = OnShare(LmHeadTime(static_cast<double>(batches[w].sequences)), head_share);
+    attention[w] = OnShare(AttentionTime(batches[w].tokens, batches[w].attended, batches[w].kv_positions), attention_core_share);
+    dense_ffn[w] = OnShare(FfnTime(batches[w].tokens, shape_.dense_ffn), attention_core_share);
+    lm_head[w] = OnShare(LmHeadTime(static_cast<double>(batches[w].sequences)), head_core_share);
   }
   std::vector<double> port_bytes(static_cast<size_t>(2 * W), 0.0);  // this step, per port: max(tx, rx)
   std::vector<double> busy(static_cast<size_t>(W), 0.0);
@@ -784,8 +784,9 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
     local_experts[w] = FfnTime(batches[w].tokens, shape_.shared_expert_ffn);
     for (const auto& [task, rows] : batches[w].home) {
       const int m = MergedExperts(task);
-      local_experts[w] += m * FfnTime(rows * ExpertsPerRow(task) / m, shape_.expert_ffn);
-      home_pairs[w] += rows * ExpertsPerRow(task);
+      const double pairs = rows * ExpertsPerRow(task);
+      local_experts[w] += m * FfnTime(pairs / m, shape_.expert_ffn);
+      home_pairs[w] += pairs;
     }
   }
   const std::vector<Nanos>& expert_times = FluidExpertTimes(G);
@@ -915,15 +916,15 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
   }
   int sampling = 0;
   for (const WorkerBatch& b : step->batches) sampling += b.sequences > 0;
-  step->head_share = cluster_.CoreShare(sampling);
+  step->head_core_share = cluster_.CoreShare(sampling);
   for (FlowStep::Layer& L : step->layers) {
     int attending = 0, computing = 0;
     for (int w = 0; w < W; ++w) {
       attending += L.rows[w] > 0;
       computing += !L.expert_rows[w].empty() || (shape_.shared_expert_ffn > 0 && L.rows[w] > 0);
     }
-    L.attention_share = cluster_.CoreShare(attending);
-    L.expert_share = cluster_.CoreShare(computing);
+    L.attention_core_share = cluster_.CoreShare(attending);
+    L.expert_core_share = cluster_.CoreShare(computing);
   }
 
   // The event chain. Each phase of worker w in layer l starts when its inputs are there.
@@ -934,7 +935,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
 
   step->start_layer = [=, this](int w, int64_t l) {
     if (l == shape_.layers) {  // this worker's last layer is done: its LM head, then the step ends with the last worker
-      const Nanos head = OnShare(LmHeadTime(static_cast<double>(step->batches[w].sequences)), step->head_share);
+      const Nanos head = OnShare(LmHeadTime(static_cast<double>(step->batches[w].sequences)), step->head_core_share);
       worker_busy_ns_[ri * W + w] += static_cast<double>(head);
       sim_.After(head, [=, this] {
         if (--step->workers_left == 0) {
@@ -946,7 +947,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
     FlowStep::Layer& L = step->layers[l];
     Nanos attention = AttentionTime(L.rows[w], L.attended[w], L.kv[w]);
     if (!shape_.moe_layer[l]) attention += FfnTime(L.rows[w], shape_.dense_ffn);
-    attention = OnShare(attention, L.attention_share);
+    attention = OnShare(attention, L.attention_core_share);
     worker_busy_ns_[ri * W + w] += static_cast<double>(attention);
     sim_.After(attention, [=, this] {
       if (!shape_.moe_layer[l]) {
@@ -975,7 +976,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
       t += FfnTime(static_cast<double>(rows), shape_.expert_ffn);
       worker_expert_tokens_[ri * W + v] += rows;
     }
-    t = OnShare(t, L.expert_share);
+    t = OnShare(t, L.expert_core_share);
     worker_busy_ns_[ri * W + v] += static_cast<double>(t);
     sim_.After(t + (W > 1 ? coll : 0), [=, this] {
       step->layers[l].experts_done[v] = true;
