@@ -130,40 +130,51 @@ std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int co
   return RandomPrompts(config.vocab_size, config.bos_token_id, std::max(12, 4 * concurrency), kProbePromptTokens, /*seed=*/7);
 }
 
-// The coordinator's TTFT histogram totals: (sum of seconds, count).
-absl::StatusOr<std::pair<double, double>> CoordinatorTtft(const LocalCluster& cluster) {
+// The coordinator's histogram totals a probe reads: the TTFT's and the engine's step gap's.
+struct CoordinatorTotals {
+  double ttft_sum = 0, ttft_count = 0, gap_sum = 0, gap_count = 0;
+};
+
+absl::StatusOr<CoordinatorTotals> ReadCoordinatorTotals(const LocalCluster& cluster) {
   MOE_ASSIGN_OR_RETURN(std::string page, HttpGet(cluster.metrics_url(), std::chrono::seconds(10)));
-  const double sum = MetricValue(page, "moe_time_to_first_token_seconds_sum");
-  const double count = MetricValue(page, "moe_time_to_first_token_seconds_count");
-  if (sum < 0 || count < 0) return absl::InternalError("calibration: the coordinator's /metrics has no TTFT histogram");
-  return std::make_pair(sum, count);
+  CoordinatorTotals t{MetricValue(page, "moe_time_to_first_token_seconds_sum"),
+                      MetricValue(page, "moe_time_to_first_token_seconds_count"),
+                      MetricValue(page, "moe_engine_step_gap_seconds_sum"), MetricValue(page, "moe_engine_step_gap_seconds_count")};
+  if (t.ttft_sum < 0 || t.ttft_count < 0 || t.gap_sum < 0 || t.gap_count < 0) {
+    return absl::InternalError("calibration: the coordinator's /metrics has no TTFT or step-gap histogram");
+  }
+  return t;
 }
 
 }  // namespace
 
 ProbeSamples::ProbeSamples() {
-  for (int concurrency : kProbeConcurrency) probes.push_back({concurrency, {}, {}, {}, {}});
+  for (int concurrency : kProbeConcurrency) probes.push_back({concurrency, {}, {}, {}, {}, {}});
 }
 
 ProbeFigures ProbeSamples::Medians(size_t probe) const {
   const Probe& p = probes[probe];
-  return {Quantile(p.decode_s, 0.5), Quantile(p.client_ttft_p50_s, 0.5), Quantile(p.coordinator_ttft_s, 0.5)};
+  return {Quantile(p.decode_s, 0.5), Quantile(p.client_ttft_p50_s, 0.5), Quantile(p.coordinator_ttft_s, 0.5),
+          Quantile(p.step_gap_s, 0.5)};
 }
 
 absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, int runs, ProbeSamples* samples) {
   for (ProbeSamples::Probe& probe : samples->probes) {
     RunClosedLoop(live.address(), {ProbePrompts(config, 1)[0]}, 1, {2, "", true});  // warm-up: connections, first touch
     for (int run = 0; run < runs; ++run) {
-      MOE_ASSIGN_OR_RETURN(const auto before, CoordinatorTtft(live));
+      MOE_ASSIGN_OR_RETURN(const CoordinatorTotals before, ReadCoordinatorTotals(live));
       LoadResult load = RunProbeLoad(live.address(), config, probe.concurrency);
       if (load.failures > 0) return absl::InternalError(absl::StrCat("calibration: ", load.failures, " probe requests failed"));
-      MOE_ASSIGN_OR_RETURN(const auto after, CoordinatorTtft(live));
-      if (after.second <= before.second) return absl::InternalError("calibration: the coordinator counted no first tokens");
+      MOE_ASSIGN_OR_RETURN(const CoordinatorTotals after, ReadCoordinatorTotals(live));
+      if (after.ttft_count <= before.ttft_count) return absl::InternalError("calibration: the coordinator counted no first tokens");
       std::vector<double> ttft;
       for (const RequestTiming& r : load.answered) ttft.push_back(r.ttft_s);
       probe.decode_s.push_back(load.mean_inter_token_s());
       probe.client_ttft_p50_s.push_back(Quantile(ttft, 0.5));
-      probe.coordinator_ttft_s.push_back((after.first - before.first) / (after.second - before.second));
+      probe.coordinator_ttft_s.push_back((after.ttft_sum - before.ttft_sum) / (after.ttft_count - before.ttft_count));
+      // Every probe answers several tokens a request, so steps follow steps; a run without one measures no gap.
+      const double gaps = after.gap_count - before.gap_count;
+      probe.step_gap_s.push_back(gaps > 0 ? (after.gap_sum - before.gap_sum) / gaps : 0);
       if (probe.shapes.answered.empty()) probe.shapes = std::move(load);
     }
   }
@@ -188,12 +199,19 @@ absl::StatusOr<ProbeSamples> RunProbes(const std::string& model_dir, const Model
   return samples;
 }
 
-constexpr int kFitRounds = 8;  // FitServingOverheads' rounds
+// FitServingOverheads' rounds and the share of each miss a round corrects. With the step gap (the
+// coordinator admits requests that arrive between steps) a probe's TTFT is a steep function of when
+// its requests arrive, and full corrections overshoot; the costs then settle into a small cycle around
+// the fit, so the second half of the rounds is averaged (calibration_test.cc: probes the simulator
+// made from known costs, with and without a step gap).
+constexpr int kFitRounds = 24;
+constexpr double kDeliveryGain = 0.5, kPrefillRowGain = 0.3, kPrefillStepGain = 0.7;
 
 }  // namespace
 
 // The serving costs: started from what the simulator without them leaves unexplained, then corrected
-// by what the simulator with them still misses, for kFitRounds rounds:
+// by what the simulator with them still misses, for kFitRounds rounds (the prefill and delivery costs
+// are the means over the second half):
 //   - each probe's point of the step-overhead curve by its decode time (the points sit at the sequences
 //     per step the simulator runs the probe with);
 //   - the prefill costs by the coordinator TTFT of the one-client probe (one prefill step of one
@@ -224,10 +242,14 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
   };
   costs->probes.clear();
   costs->step_overhead_curve_s.clear();
+  costs->step_gap_curve_s.clear();
   costs->token_delivery_curve_s.clear();
   costs->prefill_step_overhead_s = costs->prefill_row_overhead_s = costs->request_overhead_s = 0;
-  for (size_t i = 0; i < runs.size(); ++i) costs->probes.push_back({runs[i].concurrency, samples.Medians(i), {}});
-  // Starting points: the simulator without any software cost.
+  for (size_t i = 0; i < runs.size(); ++i) {
+    costs->probes.push_back({runs[i].concurrency, samples.Medians(i), {}});
+    costs->step_gap_curve_s.emplace_back(runs[i].concurrency, costs->probes[i].measured.step_gap_s);
+  }
+  // Starting points: the simulator with the measured step gaps and no other software cost.
   std::vector<Simulated> bare;
   for (const ProbeSamples::Probe& probe : runs) {
     MOE_ASSIGN_OR_RETURN(bare.emplace_back(), simulate(probe));
@@ -246,6 +268,17 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
     costs->step_overhead_curve_s.emplace_back(runs[i].concurrency, std::max(0.0, m.decode_s - bare[i].figures.decode_s));
     costs->token_delivery_curve_s.emplace_back(runs[i].concurrency, 0.0);
   }
+  struct Sums {  // the fitted costs over the second half of the rounds
+    double prefill_step_s = 0, prefill_row_s = 0, delivery_at_zero_s = 0, delivery_per_stream_s = 0;
+    int rounds = 0;
+    void Add(const WorkerCountCosts& costs, double at_zero, double per_stream) {
+      prefill_step_s += costs.prefill_step_overhead_s;
+      prefill_row_s += costs.prefill_row_overhead_s;
+      delivery_at_zero_s += at_zero;
+      delivery_per_stream_s += per_stream;
+      ++rounds;
+    }
+  } settled;
   for (int round = 0; round < kFitRounds; ++round) {
     std::vector<Simulated> now;
     std::vector<double> x, ttft_miss;
@@ -258,8 +291,7 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
       x.push_back(static_cast<double>(costs->token_delivery_curve_s[i].first));
       ttft_miss.push_back(m.client_ttft_p50_s - s.client_ttft_p50_s);
     }
-    // The least-squares line through the misses, taken in steps of 0.7 (the misses also move with the
-    // other costs).
+    // The least-squares line through the misses, taken in part (the misses also move with the other costs).
     const double n = static_cast<double>(x.size());
     double mean_x = 0, mean_miss = 0, sxx = 0, sxy = 0;
     for (size_t i = 0; i < x.size(); ++i) {
@@ -271,32 +303,42 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
       sxy += (x[i] - mean_x) * (ttft_miss[i] - mean_miss);
     }
     const double slope = sxx > 0 ? sxy / sxx : 0;
-    delivery_per_stream += 0.7 * slope;
-    delivery_at_zero += 0.7 * (mean_miss - slope * mean_x);
+    delivery_per_stream += kDeliveryGain * slope;
+    delivery_at_zero += kDeliveryGain * (mean_miss - slope * mean_x);
     // Each curve point sits at the sequences per step the simulator ran the probe with (ascending).
     for (size_t i = 0; i < runs.size(); ++i) {
       const int64_t at = std::llround(now[i].sequences_per_step);
       const int64_t xi = i == 0 ? std::max<int64_t>(1, at) : std::max(costs->step_overhead_curve_s[i - 1].first + 1, at);
-      costs->step_overhead_curve_s[i].first = costs->token_delivery_curve_s[i].first = xi;
+      costs->step_overhead_curve_s[i].first = costs->step_gap_curve_s[i].first = costs->token_delivery_curve_s[i].first = xi;
     }
     set_delivery_curve();
     const double miss_one = costs->probes[0].measured.coordinator_ttft_s - now[0].figures.coordinator_ttft_s;
     const double miss_busy = costs->probes[busiest].measured.coordinator_ttft_s - now[busiest].figures.coordinator_ttft_s;
     const double rows_one = now[0].rows_per_prefill_step, rows_busy = now[busiest].rows_per_prefill_step;
-    // Half steps for the per-row cost (the busiest probe's TTFT also moves with its queueing); the
+    // Part steps for the per-row cost (the busiest probe's TTFT also moves with its queueing); the
     // per-step cost takes up the rest of the one-client miss, after the per-row change actually made.
     // (A weighted least-squares line through every probe's miss was tried: the rows per prefill step
     // move with the costs, as prompts coalesce into fewer prefill steps, and on probes the simulator
     // made from known costs it wandered off them: calibration_test.cc.)
-    const double per_row = rows_busy > rows_one + 1 ? 0.5 * (miss_busy - miss_one) / (rows_busy - rows_one) : 0;
+    const double per_row = rows_busy > rows_one + 1 ? kPrefillRowGain * (miss_busy - miss_one) / (rows_busy - rows_one) : 0;
     const double row_before = costs->prefill_row_overhead_s;
     costs->prefill_row_overhead_s = std::max(0.0, row_before + per_row);
     costs->prefill_step_overhead_s = std::max(
-        0.0, costs->prefill_step_overhead_s + miss_one - rows_one * (costs->prefill_row_overhead_s - row_before));
+        0.0, costs->prefill_step_overhead_s +
+                 kPrefillStepGain * (miss_one - rows_one * (costs->prefill_row_overhead_s - row_before)));
+    if (round >= kFitRounds / 2) {
+      settled.Add(*costs, delivery_at_zero, delivery_per_stream);
+    }
   }
+  costs->prefill_step_overhead_s = settled.prefill_step_s / settled.rounds;
+  costs->prefill_row_overhead_s = settled.prefill_row_s / settled.rounds;
+  delivery_at_zero = settled.delivery_at_zero_s / settled.rounds;
+  delivery_per_stream = settled.delivery_per_stream_s / settled.rounds;
+  set_delivery_curve();
   for (size_t i = 0; i < runs.size(); ++i) {
     MOE_ASSIGN_OR_RETURN(const Simulated s, simulate(runs[i]));
     costs->probes[i].simulated = s.figures;
+    costs->probes[i].simulated.step_gap_s = costs->probes[i].measured.step_gap_s;  // an input, not a prediction
   }
   return absl::OkStatus();
 }
@@ -373,7 +415,7 @@ nlohmann::json CalibrationJson(const Calibration& c) {
   nlohmann::json workers = nlohmann::json::array();
   const auto figures = [](const ProbeFigures& f) {
     return nlohmann::json{{"decode_ms_per_token", f.decode_s * 1e3}, {"client_ttft_p50_ms", f.client_ttft_p50_s * 1e3},
-                          {"coordinator_ttft_ms", f.coordinator_ttft_s * 1e3}};
+                          {"coordinator_ttft_ms", f.coordinator_ttft_s * 1e3}, {"step_gap_us", f.step_gap_s * 1e6}};
   };
   for (const WorkerCountCosts& w : c.per_workers) {
     nlohmann::json probes = nlohmann::json::array();
@@ -385,6 +427,7 @@ nlohmann::json CalibrationJson(const Calibration& c) {
                        {"exchange_latency_us", w.exchange_latency_s * 1e6},
                        {"exchange_gbps", w.exchange_bandwidth / 1e9},
                        {"step_overhead_curve_us", CurveJson(w.step_overhead_curve_s, 1e6)},
+                       {"step_gap_curve_us", CurveJson(w.step_gap_curve_s, 1e6)},
                        {"prefill_step_overhead_us", w.prefill_step_overhead_s * 1e6},
                        {"prefill_row_overhead_us", w.prefill_row_overhead_s * 1e6},
                        {"request_overhead_us", w.request_overhead_s * 1e6},
@@ -436,6 +479,7 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
       {"front_end_jitter", true},
       {"fidelity", "flow"}};
   if (!costs.step_overhead_curve_s.empty()) cluster["step_overhead_curve_ns"] = CurveJson(costs.step_overhead_curve_s, 1e9);
+  if (!costs.step_gap_curve_s.empty()) cluster["step_gap_curve_ns"] = CurveJson(costs.step_gap_curve_s, 1e9);
   if (!costs.token_delivery_curve_s.empty()) cluster["token_delivery_curve_ns"] = CurveJson(costs.token_delivery_curve_s, 1e9);
   if (costs.workers > 1) {
     cluster["shape"] = {{"intra_host_gbps", costs.exchange_bandwidth / 1e9}, {"intra_host_latency_ns", 0}};

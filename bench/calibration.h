@@ -13,8 +13,9 @@
 //     cluster of N workers per backend: 1, 2, 4, 8, 16 and 32 clients, each sending one short request at a
 //     time, each load run several times on each of several starts of the cluster (medians). Per probe:
 //     the clients' decode time per token and median TTFT, and the coordinator's own mean TTFT (request
-//     arrival to first token, from its /metrics). The simulator's software costs are then adjusted
-//     until it reproduces every probe (a few fixed-point rounds):
+//     arrival to first token) and mean step gap (from a step's results to the next admission), both
+//     from its /metrics. The step gap goes into the simulator as measured; its other software costs
+//     are adjusted until it reproduces every probe (fixed-point rounds):
 //       - the step's cost by sequences in it (a curve, one point per probe), from the decode times;
 //       - the prefill's cost per step and per prompt row after the first, from the coordinator TTFT of
 //         the one-client and the 32-client probes;
@@ -46,10 +47,11 @@ struct KernelPoint {
   double flops_per_s = 0;
 };
 
-// A probe's figures: mean decode time per token, the clients' median TTFT, and the coordinator's mean
-// TTFT (its /metrics keeps a histogram's sum and count).
+// A probe's figures: mean decode time per token, the clients' median TTFT, the coordinator's mean
+// TTFT, and its mean step gap (from a step's results to the next admission; its /metrics keeps each
+// histogram's sum and count). The step gap is measured, not fitted: the simulator takes it as it is.
 struct ProbeFigures {
-  double decode_s = 0, client_ttft_p50_s = 0, coordinator_ttft_s = 0;
+  double decode_s = 0, client_ttft_p50_s = 0, coordinator_ttft_s = 0, step_gap_s = 0;
 };
 
 // One probe of the live cluster, measured and as the calibrated simulator reproduces it.
@@ -73,6 +75,7 @@ struct WorkerCountCosts {
   double exchange_bandwidth = 0;  // bytes/s one rank sends its peers in a large all-to-all (0 for one)
   std::vector<ServingProbe> probes;
   std::vector<std::pair<int64_t, double>> step_overhead_curve_s;
+  std::vector<std::pair<int64_t, double>> step_gap_curve_s;  // the probes' measured gaps, at the same points
   double prefill_step_overhead_s = 0, prefill_row_overhead_s = 0;
   double request_overhead_s = 0;
   std::vector<std::pair<int64_t, double>> token_delivery_curve_s;
@@ -112,7 +115,7 @@ struct ProbeSamples {
   struct Probe {
     int concurrency = 0;
     LoadResult shapes;
-    std::vector<double> decode_s, client_ttft_p50_s, coordinator_ttft_s;  // one per run
+    std::vector<double> decode_s, client_ttft_p50_s, coordinator_ttft_s, step_gap_s;  // one per run
   };
   std::vector<Probe> probes;
   ProbeSamples();  // every probe, no runs yet

@@ -412,6 +412,7 @@ void Coordinator::Shutdown() {
 void Coordinator::EngineLoop() {
   while (true) {
     bool reconfigure = false;
+    const bool continuing = !running_.empty();  // the next step follows at once (no wait for work)
     {
       absl::MutexLock lock(&mutex_);
       struct HasWork {
@@ -420,7 +421,7 @@ void Coordinator::EngineLoop() {
         bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
           return c->stopping_ || c->membership_changed_ || running || !c->queue_.empty();
         }
-      } work{this, !running_.empty()};
+      } work{this, continuing};
       mutex_.AwaitWithTimeout(absl::Condition(&work, &HasWork::Ready), absl::Milliseconds(100));
       if (stopping_) {
         FailAll(absl::UnavailableError("the coordinator is shutting down"));
@@ -464,6 +465,10 @@ void Coordinator::EngineLoop() {
       metrics_->queue_depth = static_cast<int64_t>(queue_.size());
       metrics_->running = static_cast<int64_t>(running_.size());
       CountRunningUsers();
+      if (results_in_ && continuing) {
+        metrics_->step_gap_seconds.Observe(std::chrono::duration<double>(Clock::now() - *results_in_).count());
+      }
+      results_in_.reset();
     }
     bool any_release = false;
     for (const auto& r : release_) any_release |= !r.empty();
@@ -498,6 +503,7 @@ void Coordinator::ReleaseUsers(const GenerationSpec& spec) {
 }
 
 Coordinator::StepOutcome Coordinator::RunStep() {
+  const auto admitted = Clock::now();
   std::vector<std::shared_ptr<v1::Worker::Stub>> stubs;
   std::vector<int> slots;
   uint64_t epoch = 0;
@@ -594,6 +600,8 @@ Coordinator::StepOutcome Coordinator::RunStep() {
   }
   if (!outcome.status.ok()) return outcome;
   const auto now = Clock::now();
+  metrics_->step_seconds.Observe(std::chrono::duration<double>(now - admitted).count());
+  results_in_ = now;
   struct TaskTokens {
     int64_t tokens = 0, bytes = 0, layers = 0;
   };

@@ -245,6 +245,8 @@ class Coordinator final : public v1::Coordinator::Service {
   std::map<uint64_t, Sequence> running_;
   std::vector<std::vector<uint64_t>> release_;  // per rank, sent with the next step
   uint64_t step_id_ = 0;
+  // When the last step's results came in (moe_engine_step_gap_seconds); reset by the next admission.
+  std::optional<std::chrono::steady_clock::time_point> results_in_;
   BatchAdmission admission_;
   std::thread engine_thread_;
 };

@@ -23,6 +23,11 @@ std::vector<double> LatencyBuckets() {
   return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
 }
 
+// Engine steps and the gaps between them: tens of microseconds to seconds.
+std::vector<double> StepBuckets() {
+  return {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1};
+}
+
 }  // namespace
 
 Histogram::Histogram(std::vector<double> upper_bounds) : bounds_(std::move(upper_bounds)), counts_(bounds_.size() + 1, 0) {}
@@ -51,6 +56,8 @@ std::string Histogram::Render(const std::string& name, const std::string& help) 
 ClusterMetrics::ClusterMetrics(int num_layers, int num_experts, int num_workers)
     : ttft_seconds(LatencyBuckets()),
       inter_token_seconds(LatencyBuckets()),
+      step_seconds(StepBuckets()),
+      step_gap_seconds(StepBuckets()),
       num_layers_(num_layers),
       num_experts_(num_experts),
       num_workers_(num_workers),
@@ -89,6 +96,9 @@ std::string ClusterMetrics::Render() const {
   std::string out;
   out += ttft_seconds.Render("moe_time_to_first_token_seconds", "Time from request arrival to its first token.");
   out += inter_token_seconds.Render("moe_inter_token_seconds", "Time between consecutive tokens of a request.");
+  out += step_seconds.Render("moe_engine_step_seconds", "Engine step, from its admission to the workers' results.");
+  out += step_gap_seconds.Render("moe_engine_step_gap_seconds",
+                                 "From a step's results to the next step's admission, while sequences run.");
   auto counter = [&](const char* name, const char* help, int64_t v, const char* type = "counter") {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, " ", v, "\n");
   };

@@ -37,6 +37,11 @@ class ClusterMetrics {
 
   Histogram ttft_seconds;
   Histogram inter_token_seconds;
+  // The engine loop's cadence: a step from its admission to its results (the workers' Step RPCs), and
+  // the gap from one step's results to the next step's admission when sequences were still running
+  // (the coordinator's own per-step work: handing out the tokens, admitting, building the requests).
+  Histogram step_seconds;
+  Histogram step_gap_seconds;
   std::atomic<int64_t> requests_total{0};
   std::atomic<int64_t> requests_rejected{0};
   std::atomic<int64_t> tokens_generated{0};

@@ -131,6 +131,7 @@ absl::StatusOr<ClusterSpec> ClusterSpec::FromJson(const std::string& json_text, 
   if (!c.step_overhead_curve.empty() && (c.step_overhead > 0 || c.sequence_overhead > 0)) {
     f.Fail("step_overhead_curve_ns", "replaces step_overhead_ns and sequence_overhead_ns: give one or the other");
   }
+  c.step_gap_curve = f.Curve("step_gap_curve_ns", 0);
   c.prefill_step_overhead = f.Int("prefill_step_overhead_ns", 0, 0);
   c.prefill_row_overhead = f.Int("prefill_row_overhead_ns", 0, 0);
   c.request_overhead = f.Int("request_overhead_ns", 0, 0);
@@ -348,6 +349,7 @@ class ServingSimulation {
     bool stepping = false;
     Nanos step_start = 0;
     Nanos intake_free = 0;              // when the coordinator can take in the next request
+    Nanos admits_at = 0;                // the next admission: the last step's end + its gap (step_gap_curve)
     std::unique_ptr<FlowStep> flow;     // flow: the step in progress
   };
 
@@ -615,7 +617,7 @@ void ServingSimulation::Enqueue(int64_t request) {
 void ServingSimulation::MaybeStartStep(Replica& r) {
   if (r.stepping) return;
   r.stepping = true;
-  sim_.After(0, [this, &r] { BeginStep(r); });
+  sim_.After(std::max<Nanos>(0, r.admits_at - sim_.now()), [this, &r] { BeginStep(r); });
 }
 
 void ServingSimulation::BeginStep(Replica& r) {
@@ -1011,6 +1013,7 @@ void ServingSimulation::EndStep(Replica& r, std::vector<WorkerBatch> batches) {
     r.flow.reset();
   }
   const Nanos mean_delivery = cluster_.TokenDelivery(SequencesIn(batches));
+  r.admits_at = now + cluster_.StepGap(SequencesIn(batches));
   for (auto it = r.running.begin(); it != r.running.end();) {
     Sequence& s = it->second;
     const Nanos delivered = std::max(s.last_token, now + FrontEndDelay(mean_delivery));  // at the client

@@ -54,6 +54,10 @@ struct ClusterSpec {
   // (sequences in the step, ns): when given, the step's fixed and per-sequence cost as a measured curve
   // (Interpolate), in place of step_overhead + sequence_overhead x sequences.
   std::vector<std::pair<int64_t, double>> step_overhead_curve;
+  // (sequences in the step, ns): the coordinator's own work between a step's results and the next
+  // step's admission (handing out the tokens, admitting, building the workers' requests). Part of the
+  // step's period, but a request that reaches the queue during it joins the next step. Empty: none.
+  std::vector<std::pair<int64_t, double>> step_gap_curve;
   // Prefill's software cost, which the matmul roofline does not see (per-row norms, attention
   // bookkeeping and packing for the exchange; setting up new sequences): each step that prefills pays
   // prefill_step_overhead once, plus prefill_row_overhead for each row beyond one per sequence (a new
@@ -96,6 +100,8 @@ struct ClusterSpec {
                                : static_cast<Nanos>(Interpolate(step_overhead_curve, sequences));
     return per_step + (prefill_rows > 0 ? prefill_step_overhead + prefill_row_overhead * prefill_rows : 0);
   }
+  // The coordinator's work after a step over `sequences` sequences before it admits the next (step_gap_curve).
+  Nanos StepGap(int64_t sequences) const { return static_cast<Nanos>(Interpolate(step_gap_curve, sequences)); }
   // The mean delay before a token produced by a step over `sequences` sequences reaches its client.
   Nanos TokenDelivery(int64_t sequences) const { return static_cast<Nanos>(Interpolate(token_delivery_curve, sequences)); }
   // The share of its device each of `busy_workers` workers computing at once gets (host_cores).

@@ -183,6 +183,27 @@ TEST_P(BothFidelities, StepOverheadCurveReplacesTheLinearCost) {
   EXPECT_NEAR(report->makespan_s, (4497 + 3 * 200) * 1e-9, 1e-15);
 }
 
+// The coordinator's work between steps (step_gap_curve: 400 ns at one sequence) lengthens every step's
+// period but not a step itself, and a request that reaches the queue during it waits only for its end.
+// One client, two requests in turn, each taken in 300 ns (request_overhead): the first is admitted at
+// 300 and its tokens come at 2283, 3940 and 5597 (1983, then 400 + 1257 twice); the second is sent at
+// 5597, queued at 5897 and admitted when the gap ends, at 5997: its first token at 7980 (TTFT 2383, the
+// coordinator's own 2083), its last at 11294.
+TEST_P(BothFidelities, StepGapSeparatesStepsAndAdmitsWhatArrivesDuringIt) {
+  Case c(4, 2, 1, GetParam());
+  c.cluster.step_gap_curve = {{1, 400}};
+  c.cluster.request_overhead = 300;
+  c.workload.requests = 2;
+  auto report = c.Run();
+  ASSERT_THAT(report.status(), IsOk());
+  EXPECT_EQ(report->completed, 2);
+  EXPECT_NEAR(report->makespan_s, 11294e-9, 1e-15);
+  EXPECT_NEAR(report->inter_token.Percentile(0.5), 1657e-9, 1657e-9 * 0.011);
+  EXPECT_NEAR(report->ttft.Percentile(0), 2283e-9, 2283e-9 * 0.011);
+  EXPECT_NEAR(report->ttft.Percentile(1), 2383e-9, 2383e-9 * 0.011);
+  EXPECT_NEAR(report->coordinator_ttft.Percentile(1), 2083e-9, 2083e-9 * 0.011);
+}
+
 // The request's trip to the coordinator delays its first step: TTFT and the makespan grow by exactly that.
 TEST_P(BothFidelities, RequestOverheadDelaysTheFirstStep) {
   Case c(4, 2, 1, GetParam());
@@ -352,6 +373,7 @@ TEST(ServingTest, BadClusterConfigsNameTheField) {
       {R"({"device": "H100", "token_delivery_curve_ns": [[1, 5], [1, 6]]})", "c.json.token_delivery_curve_ns[1] must be [x, y]"},
       {R"({"device": "H100", "token_delivery_curve_ns": [[1, -5]]})", "c.json.token_delivery_curve_ns[0] must be [x, y]"},
       {R"({"device": "H100", "step_overhead_curve_ns": 7})", "c.json.step_overhead_curve_ns must be a non-empty list"},
+      {R"({"device": "H100", "step_gap_curve_ns": [[2, 5], [1, 6]]})", "c.json.step_gap_curve_ns[1] must be [x, y]"},
       {R"({"device": "H100", "step_overhead_curve_ns": [[1, 5]], "step_overhead_ns": 3})",
        "c.json.step_overhead_curve_ns replaces step_overhead_ns"},
       {R"([1, 2])", "c.json must be a JSON object"},

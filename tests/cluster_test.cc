@@ -189,6 +189,14 @@ TEST(ClusterSystemTest, SixtyFourConcurrentStreamsAllCompleteUnmixed) {
   ASSERT_THAT(metrics, IsOk());
   EXPECT_NE(metrics->find("moe_time_to_first_token_seconds_count 64"), std::string::npos) << *metrics;
   EXPECT_NE(metrics->find("moe_all2all_pair_bytes_total{src=\"0\",dst=\"1\"}"), std::string::npos);
+  // Every step is timed; a gap is timed between steps that follow each other (10 tokens a stream: 9+).
+  const double steps = MetricValue(*metrics, "moe_engine_steps_total");
+  EXPECT_GE(steps, 10) << *metrics;
+  EXPECT_EQ(MetricValue(*metrics, "moe_engine_step_seconds_count"), steps) << *metrics;
+  EXPECT_GT(MetricValue(*metrics, "moe_engine_step_seconds_sum"), 0) << *metrics;
+  EXPECT_GE(MetricValue(*metrics, "moe_engine_step_gap_seconds_count"), 9) << *metrics;
+  EXPECT_LT(MetricValue(*metrics, "moe_engine_step_gap_seconds_count"), steps) << *metrics;
+  EXPECT_GT(MetricValue(*metrics, "moe_engine_step_gap_seconds_sum"), 0) << *metrics;
 }
 
 
