@@ -335,6 +335,12 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
   delivery_at_zero = settled.delivery_at_zero_s / settled.rounds;
   delivery_per_stream = settled.delivery_per_stream_s / settled.rounds;
   set_delivery_curve();
+  // The step curve once more, under the averaged costs (prefill steps are part of the decode time).
+  for (size_t i = 0; i < runs.size(); ++i) {
+    MOE_ASSIGN_OR_RETURN(const Simulated s, simulate(runs[i]));
+    double& step = costs->step_overhead_curve_s[i].second;
+    step = std::max(0.0, step + costs->probes[i].measured.decode_s - s.figures.decode_s);
+  }
   for (size_t i = 0; i < runs.size(); ++i) {
     MOE_ASSIGN_OR_RETURN(const Simulated s, simulate(runs[i]));
     costs->probes[i].simulated = s.figures;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/log.h"
@@ -249,16 +250,27 @@ absl::Status Coordinator::Reconfigure() {
     std::vector<std::thread> threads;
     for (size_t rank = 0; rank < stubs.size(); ++rank) {
       threads.emplace_back([&, rank] {
-        grpc::ClientContext ctx;
-        ctx.set_deadline(DeadlineAfter(std::chrono::minutes(5)));
         v1::LoadShardRequest req;
         req.set_worker_id(static_cast<int>(rank));
         *req.mutable_shard_map() = proto;
         *req.mutable_expert_maps() = map_refs;
         *req.mutable_layer_routers() = router_refs;
         req.set_communicator_id(communicator_id);
-        v1::LoadShardResponse resp;
-        status[rank] = stubs[rank]->LoadShard(&ctx, req, &resp);
+        // A call that could not connect is tried again, 100 ms apart: a worker that has just registered
+        // refused its first connection once on this 2-core machine (a loaded 4-rank MPI start, where
+        // that is fatal). A call that reached the worker is not repeated; a dead worker fails every try.
+        constexpr int kConnectTries = 5;
+        for (int attempt = 1;; ++attempt) {
+          grpc::ClientContext ctx;
+          ctx.set_deadline(DeadlineAfter(std::chrono::minutes(5)));
+          v1::LoadShardResponse resp;
+          status[rank] = stubs[rank]->LoadShard(&ctx, req, &resp);
+          // gRPC's own words for a call that never reached the server.
+          const bool not_connected = status[rank].error_code() == grpc::StatusCode::UNAVAILABLE &&
+                                     absl::StrContains(status[rank].error_message(), "failed to connect");
+          if (!not_connected || attempt == kConnectTries) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
       });
     }
     for (auto& t : threads) t.join();
