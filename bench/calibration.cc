@@ -132,16 +132,17 @@ std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int co
 
 // The coordinator's histogram totals a probe reads: the TTFT's and the engine's step gap's.
 struct CoordinatorTotals {
-  double ttft_sum = 0, ttft_count = 0, gap_sum = 0, gap_count = 0;
+  double ttft_sum = 0, ttft_count = 0, gap_sum = 0, gap_count = 0, prefill_steps = 0, prefilled = 0;
 };
 
 absl::StatusOr<CoordinatorTotals> ReadCoordinatorTotals(const LocalCluster& cluster) {
   MOE_ASSIGN_OR_RETURN(std::string page, HttpGet(cluster.metrics_url(), std::chrono::seconds(10)));
   CoordinatorTotals t{MetricValue(page, "moe_time_to_first_token_seconds_sum"),
                       MetricValue(page, "moe_time_to_first_token_seconds_count"),
-                      MetricValue(page, "moe_engine_step_gap_seconds_sum"), MetricValue(page, "moe_engine_step_gap_seconds_count")};
-  if (t.ttft_sum < 0 || t.ttft_count < 0 || t.gap_sum < 0 || t.gap_count < 0) {
-    return absl::InternalError("calibration: the coordinator's /metrics has no TTFT or step-gap histogram");
+                      MetricValue(page, "moe_engine_step_gap_seconds_sum"), MetricValue(page, "moe_engine_step_gap_seconds_count"),
+                      MetricValue(page, "moe_engine_prefill_steps_total"), MetricValue(page, "moe_engine_prefilled_sequences_total")};
+  if (t.ttft_sum < 0 || t.ttft_count < 0 || t.gap_sum < 0 || t.gap_count < 0 || t.prefill_steps < 0 || t.prefilled < 0) {
+    return absl::InternalError("calibration: the coordinator's /metrics lacks the TTFT, step-gap or prefill figures");
   }
   return t;
 }
@@ -149,13 +150,13 @@ absl::StatusOr<CoordinatorTotals> ReadCoordinatorTotals(const LocalCluster& clus
 }  // namespace
 
 ProbeSamples::ProbeSamples() {
-  for (int concurrency : kProbeConcurrency) probes.push_back({concurrency, {}, {}, {}, {}, {}});
+  for (int concurrency : kProbeConcurrency) probes.push_back({concurrency, {}, {}, {}, {}, {}, {}});
 }
 
 ProbeFigures ProbeSamples::Medians(size_t probe) const {
   const Probe& p = probes[probe];
   return {Quantile(p.decode_s, 0.5), Quantile(p.client_ttft_p50_s, 0.5), Quantile(p.coordinator_ttft_s, 0.5),
-          Quantile(p.step_gap_s, 0.5)};
+          Quantile(p.step_gap_s, 0.5), Quantile(p.prompts_per_prefill_step, 0.5)};
 }
 
 absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, int runs, ProbeSamples* samples) {
@@ -175,6 +176,8 @@ absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, i
       // Every probe answers several tokens a request, so steps follow steps; a run without one measures no gap.
       const double gaps = after.gap_count - before.gap_count;
       probe.step_gap_s.push_back(gaps > 0 ? (after.gap_sum - before.gap_sum) / gaps : 0);
+      probe.prompts_per_prefill_step.push_back((after.prefilled - before.prefilled) /
+                                               std::max(1.0, after.prefill_steps - before.prefill_steps));
       if (probe.shapes.answered.empty()) probe.shapes = std::move(load);
     }
   }
@@ -236,7 +239,9 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
                          sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, *costs).dump(), "calibration", ""));
     MOE_ASSIGN_OR_RETURN(sim::SimReport report,
                          SimulateClosedLoop(config, shape, cluster, probe.shapes, probe.concurrency, std::nullopt));
-    return Simulated{{report.inter_token.MeanSeconds(), report.ttft.Percentile(0.5), report.coordinator_ttft.MeanSeconds()},
+    const double prefilled = static_cast<double>(report.requests - report.rejected);
+    return Simulated{{report.inter_token.MeanSeconds(), report.ttft.Percentile(0.5), report.coordinator_ttft.MeanSeconds(), 0,
+                      prefilled / std::max<double>(1, static_cast<double>(report.prefill_steps))},
                      static_cast<double>(report.prefill_rows) / std::max<double>(1, static_cast<double>(report.prefill_steps)),
                      static_cast<double>(report.tokens) / std::max<double>(1, static_cast<double>(report.steps))};
   };
@@ -421,7 +426,8 @@ nlohmann::json CalibrationJson(const Calibration& c) {
   nlohmann::json workers = nlohmann::json::array();
   const auto figures = [](const ProbeFigures& f) {
     return nlohmann::json{{"decode_ms_per_token", f.decode_s * 1e3}, {"client_ttft_p50_ms", f.client_ttft_p50_s * 1e3},
-                          {"coordinator_ttft_ms", f.coordinator_ttft_s * 1e3}, {"step_gap_us", f.step_gap_s * 1e6}};
+                          {"coordinator_ttft_ms", f.coordinator_ttft_s * 1e3}, {"step_gap_us", f.step_gap_s * 1e6},
+                          {"prompts_per_prefill_step", f.prompts_per_prefill_step}};
   };
   for (const WorkerCountCosts& w : c.per_workers) {
     nlohmann::json probes = nlohmann::json::array();

@@ -52,6 +52,7 @@ struct KernelPoint {
 // histogram's sum and count). The step gap is measured, not fitted: the simulator takes it as it is.
 struct ProbeFigures {
   double decode_s = 0, client_ttft_p50_s = 0, coordinator_ttft_s = 0, step_gap_s = 0;
+  double prompts_per_prefill_step = 0;  // how the new requests coalesce: sequences prefilled / prefill steps
 };
 
 // One probe of the live cluster, measured and as the calibrated simulator reproduces it.
@@ -115,7 +116,7 @@ struct ProbeSamples {
   struct Probe {
     int concurrency = 0;
     LoadResult shapes;
-    std::vector<double> decode_s, client_ttft_p50_s, coordinator_ttft_s, step_gap_s;  // one per run
+    std::vector<double> decode_s, client_ttft_p50_s, coordinator_ttft_s, step_gap_s, prompts_per_prefill_step;  // one per run
   };
   std::vector<Probe> probes;
   ProbeSamples();  // every probe, no runs yet

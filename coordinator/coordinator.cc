@@ -534,6 +534,7 @@ Coordinator::StepOutcome Coordinator::RunStep() {
     for (uint64_t id : release_[w]) requests[w].add_release(id);
     release_[w].clear();
   }
+  int64_t prefills = 0;  // sequences this step prefills
   for (auto it = running_.begin(); it != running_.end();) {
     Sequence& s = it->second;
     if (s.handle->cancelled()) {  // client gone or stop string: free it now
@@ -546,6 +547,7 @@ Coordinator::StepOutcome Coordinator::RunStep() {
     v1::SequenceWork* work = requests[s.worker].add_work();
     work->set_sequence_id(s.id);
     if (!s.started) {  // first step, or resumed on a new map: prefill the prompt and what was streamed
+      ++prefills;
       work->set_start(true);
       *work->mutable_tokens() = {s.spec.prompt.begin(), s.spec.prompt.end()};
       work->mutable_tokens()->Add(s.generated.begin(), s.generated.end());
@@ -600,6 +602,10 @@ Coordinator::StepOutcome Coordinator::RunStep() {
     }
   }
   metrics_->steps++;
+  if (prefills > 0) {
+    metrics_->prefill_steps++;
+    metrics_->prefilled_sequences += prefills;
+  }
   StepOutcome outcome;
   for (int w = 0; w < n; ++w) {
     const grpc::StatusCode code = calls[w].status.error_code();

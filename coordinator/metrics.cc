@@ -111,6 +111,10 @@ std::string ClusterMetrics::Render() const {
           layers_executed.load());
   counter("moe_prompt_tokens_total", "Prompt tokens prefilled.", prompt_tokens.load());
   counter("moe_engine_steps_total", "Engine steps run.", steps.load());
+  counter("moe_engine_prefill_steps_total", "Engine steps that prefilled at least one sequence.", prefill_steps.load());
+  counter("moe_engine_prefilled_sequences_total",
+          "Sequences prefilled (new and resumed); over moe_engine_prefill_steps_total: prompts per prefill step.",
+          prefilled_sequences.load());
   counter("moe_queue_depth", "Requests waiting for admission.", queue_depth.load(), "gauge");
   counter("moe_running_requests", "Requests in the running batch.", running.load(), "gauge");
   counter("moe_workers_alive", "Workers in the current shard map.", workers_alive.load(), "gauge");

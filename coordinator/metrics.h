@@ -50,6 +50,8 @@ class ClusterMetrics {
   std::atomic<int64_t> queue_depth{0};
   std::atomic<int64_t> running{0};
   std::atomic<int64_t> steps{0};
+  std::atomic<int64_t> prefill_steps{0};        // steps that prefilled at least one sequence
+  std::atomic<int64_t> prefilled_sequences{0};  // sequences those steps prefilled (new and resumed)
   std::atomic<int64_t> workers_alive{0};
   std::atomic<int64_t> shard_map_epoch{0};
   std::atomic<int64_t> worker_failures{0};   // workers declared dead

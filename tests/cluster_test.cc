@@ -197,6 +197,10 @@ TEST(ClusterSystemTest, SixtyFourConcurrentStreamsAllCompleteUnmixed) {
   EXPECT_GE(MetricValue(*metrics, "moe_engine_step_gap_seconds_count"), 9) << *metrics;
   EXPECT_LT(MetricValue(*metrics, "moe_engine_step_gap_seconds_count"), steps) << *metrics;
   EXPECT_GT(MetricValue(*metrics, "moe_engine_step_gap_seconds_sum"), 0) << *metrics;
+  // Each stream was prefilled once, several to a step at most once each.
+  EXPECT_EQ(MetricValue(*metrics, "moe_engine_prefilled_sequences_total"), kClients) << *metrics;
+  EXPECT_GE(MetricValue(*metrics, "moe_engine_prefill_steps_total"), 1) << *metrics;
+  EXPECT_LE(MetricValue(*metrics, "moe_engine_prefill_steps_total"), kClients) << *metrics;
 }
 
 
