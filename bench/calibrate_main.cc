@@ -80,17 +80,18 @@ int main(int argc, char** argv) {
                                  w.request_overhead_s * 1e6);
   }
   std::cout << "| workers, exchange | clients | decode ms/token live | sim | client TTFT p50 ms live | sim | coordinator mean "
-               "TTFT ms live | sim | prompts per prefill step live | sim | measured step gap us | fitted step overhead us | "
-               "fitted token delivery us |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+               "TTFT ms live | sim | prompts per prefill step live | sim | prefill step's extra us live | sim | measured step gap "
+               "us | fitted step overhead us | fitted token delivery us |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& w : c->per_workers) {
     for (size_t i = 0; i < w.probes.size(); ++i) {
       const auto& p = w.probes[i];
-      std::cout << absl::StrFormat("| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f | %.0f |\n",
+      std::cout << absl::StrFormat("| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f | %.0f |\n",
                                    cluster_label(w),
                                    p.concurrency, p.measured.decode_s * 1e3, p.simulated.decode_s * 1e3,
                                    p.measured.client_ttft_p50_s * 1e3, p.simulated.client_ttft_p50_s * 1e3,
                                    p.measured.coordinator_ttft_s * 1e3, p.simulated.coordinator_ttft_s * 1e3,
                                    p.measured.prompts_per_prefill_step, p.simulated.prompts_per_prefill_step,
+                                   p.measured.prefill_extra_s * 1e6, p.simulated.prefill_extra_s * 1e6,
                                    w.step_gap_curve_s[i].second * 1e6, w.step_overhead_curve_s[i].second * 1e6,
                                    w.token_delivery_curve_s[i].second * 1e6);
     }

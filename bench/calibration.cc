@@ -133,6 +133,7 @@ std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int co
 // The coordinator's histogram totals a probe reads: the TTFT's and the engine's step gap's.
 struct CoordinatorTotals {
   double ttft_sum = 0, ttft_count = 0, gap_sum = 0, gap_count = 0, prefill_steps = 0, prefilled = 0;
+  double step_sum = 0, step_count = 0, prefill_step_sum = 0, prefill_step_count = 0, prefill_rows = 0;
 };
 
 absl::StatusOr<CoordinatorTotals> ReadCoordinatorTotals(const LocalCluster& cluster) {
@@ -140,9 +141,13 @@ absl::StatusOr<CoordinatorTotals> ReadCoordinatorTotals(const LocalCluster& clus
   CoordinatorTotals t{MetricValue(page, "moe_time_to_first_token_seconds_sum"),
                       MetricValue(page, "moe_time_to_first_token_seconds_count"),
                       MetricValue(page, "moe_engine_step_gap_seconds_sum"), MetricValue(page, "moe_engine_step_gap_seconds_count"),
-                      MetricValue(page, "moe_engine_prefill_steps_total"), MetricValue(page, "moe_engine_prefilled_sequences_total")};
-  if (t.ttft_sum < 0 || t.ttft_count < 0 || t.gap_sum < 0 || t.gap_count < 0 || t.prefill_steps < 0 || t.prefilled < 0) {
-    return absl::InternalError("calibration: the coordinator's /metrics lacks the TTFT, step-gap or prefill figures");
+                      MetricValue(page, "moe_engine_prefill_steps_total"), MetricValue(page, "moe_engine_prefilled_sequences_total"),
+                      MetricValue(page, "moe_engine_step_seconds_sum"), MetricValue(page, "moe_engine_step_seconds_count"),
+                      MetricValue(page, "moe_engine_prefill_step_seconds_sum"),
+                      MetricValue(page, "moe_engine_prefill_step_seconds_count"), MetricValue(page, "moe_engine_prefill_rows_total")};
+  for (double v : {t.ttft_sum, t.ttft_count, t.gap_sum, t.gap_count, t.prefill_steps, t.prefilled, t.step_sum, t.step_count,
+                   t.prefill_step_sum, t.prefill_step_count, t.prefill_rows}) {
+    if (v < 0) return absl::InternalError("calibration: the coordinator's /metrics lacks the TTFT, step or prefill figures");
   }
   return t;
 }
@@ -150,13 +155,14 @@ absl::StatusOr<CoordinatorTotals> ReadCoordinatorTotals(const LocalCluster& clus
 }  // namespace
 
 ProbeSamples::ProbeSamples() {
-  for (int concurrency : kProbeConcurrency) probes.push_back({concurrency, {}, {}, {}, {}, {}, {}});
+  for (int concurrency : kProbeConcurrency) probes.push_back({concurrency, {}, {}, {}, {}, {}, {}, {}, {}});
 }
 
 ProbeFigures ProbeSamples::Medians(size_t probe) const {
   const Probe& p = probes[probe];
   return {Quantile(p.decode_s, 0.5), Quantile(p.client_ttft_p50_s, 0.5), Quantile(p.coordinator_ttft_s, 0.5),
-          Quantile(p.step_gap_s, 0.5), Quantile(p.prompts_per_prefill_step, 0.5)};
+          Quantile(p.step_gap_s, 0.5), Quantile(p.prompts_per_prefill_step, 0.5), Quantile(p.prefill_extra_s, 0.5),
+          Quantile(p.rows_per_prefill_step, 0.5)};
 }
 
 absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, int runs, ProbeSamples* samples) {
@@ -176,8 +182,14 @@ absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, i
       // Every probe answers several tokens a request, so steps follow steps; a run without one measures no gap.
       const double gaps = after.gap_count - before.gap_count;
       probe.step_gap_s.push_back(gaps > 0 ? (after.gap_sum - before.gap_sum) / gaps : 0);
-      probe.prompts_per_prefill_step.push_back((after.prefilled - before.prefilled) /
-                                               std::max(1.0, after.prefill_steps - before.prefill_steps));
+      const double prefill_steps = after.prefill_step_count - before.prefill_step_count;
+      const double other_steps = after.step_count - before.step_count - prefill_steps;
+      probe.prompts_per_prefill_step.push_back((after.prefilled - before.prefilled) / std::max(1.0, prefill_steps));
+      probe.rows_per_prefill_step.push_back((after.prefill_rows - before.prefill_rows) / std::max(1.0, prefill_steps));
+      const double prefill_step_s = (after.prefill_step_sum - before.prefill_step_sum) / std::max(1.0, prefill_steps);
+      const double other_step_s = (after.step_sum - before.step_sum - (after.prefill_step_sum - before.prefill_step_sum)) /
+                                  std::max(1.0, other_steps);
+      probe.prefill_extra_s.push_back(prefill_step_s - other_step_s);
       if (probe.shapes.answered.empty()) probe.shapes = std::move(load);
     }
   }
@@ -202,6 +214,23 @@ absl::StatusOr<ProbeSamples> RunProbes(const std::string& model_dir, const Model
   return samples;
 }
 
+// The least-squares line through (x, y): {intercept, slope}; a flat line through the mean when every x
+// is the same.
+std::pair<double, double> LeastSquaresLine(const std::vector<double>& x, const std::vector<double>& y) {
+  const double n = static_cast<double>(x.size());
+  double mean_x = 0, mean_y = 0, sxx = 0, sxy = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    mean_x += x[i] / n;
+    mean_y += y[i] / n;
+  }
+  for (size_t i = 0; i < x.size(); ++i) {
+    sxx += (x[i] - mean_x) * (x[i] - mean_x);
+    sxy += (x[i] - mean_x) * (y[i] - mean_y);
+  }
+  const double slope = sxx > 0 ? sxy / sxx : 0;
+  return {mean_y - slope * mean_x, slope};
+}
+
 // FitServingOverheads' rounds and the share of each miss a round corrects. With the step gap (the
 // coordinator admits requests that arrive between steps) a probe's TTFT is a steep function of when
 // its requests arrive, and full corrections overshoot; the costs then settle into a small cycle around
@@ -213,8 +242,8 @@ constexpr double kDeliveryGain = 0.5, kPrefillRowGain = 0.3, kPrefillStepGain = 
 }  // namespace
 
 // The serving costs: started from what the simulator without them leaves unexplained, then corrected
-// by what the simulator with them still misses, for kFitRounds rounds (the prefill and delivery costs
-// are the means over the second half):
+// by what the simulator with them still misses, for kFitRounds rounds (the prefill and front-end costs
+// are the means over the second half); the step gap is taken as measured:
 //   - each probe's point of the step-overhead curve by its decode time (the points sit at the sequences
 //     per step the simulator runs the probe with);
 //   - the prefill costs by the coordinator TTFT of the one-client probe (one prefill step of one
@@ -240,8 +269,11 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
     MOE_ASSIGN_OR_RETURN(sim::SimReport report,
                          SimulateClosedLoop(config, shape, cluster, probe.shapes, probe.concurrency, std::nullopt));
     const double prefilled = static_cast<double>(report.requests - report.rejected);
+    const double prefill_steps = std::max<double>(1, static_cast<double>(report.prefill_steps));
+    const double other_steps = std::max<double>(1, static_cast<double>(report.steps - report.prefill_steps));
     return Simulated{{report.inter_token.MeanSeconds(), report.ttft.Percentile(0.5), report.coordinator_ttft.MeanSeconds(), 0,
-                      prefilled / std::max<double>(1, static_cast<double>(report.prefill_steps))},
+                      prefilled / prefill_steps, report.prefill_step_s / prefill_steps - report.decode_step_s / other_steps,
+                      static_cast<double>(report.prefill_rows) / prefill_steps},
                      static_cast<double>(report.prefill_rows) / std::max<double>(1, static_cast<double>(report.prefill_steps)),
                      static_cast<double>(report.tokens) / std::max<double>(1, static_cast<double>(report.steps))};
   };
@@ -259,9 +291,9 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
   for (const ProbeSamples::Probe& probe : runs) {
     MOE_ASSIGN_OR_RETURN(bare.emplace_back(), simulate(probe));
   }
-  const size_t busiest = runs.size() - 1;
   const ProbeFigures& alone = costs->probes[0].measured;  // one client: every TTFT alike
   costs->request_overhead_s = std::max(0.0, (alone.client_ttft_p50_s - alone.coordinator_ttft_s) / 2);
+  const size_t busiest = runs.size() - 1;
   double delivery_at_zero = 0, delivery_per_stream = 0;  // the token-delivery line
   const auto set_delivery_curve = [&] {
     for (auto& [x, seconds] : costs->token_delivery_curve_s) {
@@ -297,19 +329,9 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
       ttft_miss.push_back(m.client_ttft_p50_s - s.client_ttft_p50_s);
     }
     // The least-squares line through the misses, taken in part (the misses also move with the other costs).
-    const double n = static_cast<double>(x.size());
-    double mean_x = 0, mean_miss = 0, sxx = 0, sxy = 0;
-    for (size_t i = 0; i < x.size(); ++i) {
-      mean_x += x[i] / n;
-      mean_miss += ttft_miss[i] / n;
-    }
-    for (size_t i = 0; i < x.size(); ++i) {
-      sxx += (x[i] - mean_x) * (x[i] - mean_x);
-      sxy += (x[i] - mean_x) * (ttft_miss[i] - mean_miss);
-    }
-    const double slope = sxx > 0 ? sxy / sxx : 0;
-    delivery_per_stream += kDeliveryGain * slope;
-    delivery_at_zero += kDeliveryGain * (mean_miss - slope * mean_x);
+    const auto [miss_at_zero, miss_per_stream] = LeastSquaresLine(x, ttft_miss);
+    delivery_per_stream += kDeliveryGain * miss_per_stream;
+    delivery_at_zero += kDeliveryGain * miss_at_zero;
     // Each curve point sits at the sequences per step the simulator ran the probe with (ascending).
     for (size_t i = 0; i < runs.size(); ++i) {
       const int64_t at = std::llround(now[i].sequences_per_step);
@@ -427,7 +449,8 @@ nlohmann::json CalibrationJson(const Calibration& c) {
   const auto figures = [](const ProbeFigures& f) {
     return nlohmann::json{{"decode_ms_per_token", f.decode_s * 1e3}, {"client_ttft_p50_ms", f.client_ttft_p50_s * 1e3},
                           {"coordinator_ttft_ms", f.coordinator_ttft_s * 1e3}, {"step_gap_us", f.step_gap_s * 1e6},
-                          {"prompts_per_prefill_step", f.prompts_per_prefill_step}};
+                          {"prompts_per_prefill_step", f.prompts_per_prefill_step},
+                          {"prefill_extra_us", f.prefill_extra_s * 1e6}, {"rows_per_prefill_step", f.rows_per_prefill_step}};
   };
   for (const WorkerCountCosts& w : c.per_workers) {
     nlohmann::json probes = nlohmann::json::array();

@@ -53,6 +53,10 @@ struct KernelPoint {
 struct ProbeFigures {
   double decode_s = 0, client_ttft_p50_s = 0, coordinator_ttft_s = 0, step_gap_s = 0;
   double prompts_per_prefill_step = 0;  // how the new requests coalesce: sequences prefilled / prefill steps
+  // What a prefill step costs beyond the others: its mean time less the other steps' (the engine's
+  // step histograms), and its prompt rows beyond one per sequence. Diagnostics, like the prompts per
+  // prefill step: the fit does not use them.
+  double prefill_extra_s = 0, rows_per_prefill_step = 0;
 };
 
 // One probe of the live cluster, measured and as the calibrated simulator reproduces it.
@@ -116,7 +120,9 @@ struct ProbeSamples {
   struct Probe {
     int concurrency = 0;
     LoadResult shapes;
-    std::vector<double> decode_s, client_ttft_p50_s, coordinator_ttft_s, step_gap_s, prompts_per_prefill_step;  // one per run
+    // One per run.
+    std::vector<double> decode_s, client_ttft_p50_s, coordinator_ttft_s, step_gap_s, prompts_per_prefill_step,
+        prefill_extra_s, rows_per_prefill_step;
   };
   std::vector<Probe> probes;
   ProbeSamples();  // every probe, no runs yet

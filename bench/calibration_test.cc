@@ -54,6 +54,11 @@ struct FitCase {
       // the mean sequences per step.
       const double sequences_per_step = static_cast<double>(report->tokens) / static_cast<double>(report->steps);
       probe.step_gap_s.push_back(static_cast<double>(cluster->StepGap(std::llround(sequences_per_step))) * 1e-9);
+      const double prefill_steps = static_cast<double>(report->prefill_steps);
+      probe.prompts_per_prefill_step.push_back(static_cast<double>(report->completed) / prefill_steps);
+      probe.rows_per_prefill_step.push_back(static_cast<double>(report->prefill_rows) / prefill_steps);
+      probe.prefill_extra_s.push_back(report->prefill_step_s / prefill_steps -
+                                      report->decode_step_s / static_cast<double>(report->steps - report->prefill_steps));
     }
     return samples;
   }

@@ -534,7 +534,7 @@ Coordinator::StepOutcome Coordinator::RunStep() {
     for (uint64_t id : release_[w]) requests[w].add_release(id);
     release_[w].clear();
   }
-  int64_t prefills = 0;  // sequences this step prefills
+  int64_t prefills = 0, prefill_rows = 0;  // sequences this step prefills; their rows beyond one each
   for (auto it = running_.begin(); it != running_.end();) {
     Sequence& s = it->second;
     if (s.handle->cancelled()) {  // client gone or stop string: free it now
@@ -551,6 +551,7 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       work->set_start(true);
       *work->mutable_tokens() = {s.spec.prompt.begin(), s.spec.prompt.end()};
       work->mutable_tokens()->Add(s.generated.begin(), s.generated.end());
+      prefill_rows += work->tokens_size() - 1;
       work->set_sampled_before(static_cast<int64_t>(s.generated.size()));
       work->set_temperature(s.spec.sampling.temperature);
       work->set_top_p(s.spec.sampling.top_p);
@@ -605,6 +606,7 @@ Coordinator::StepOutcome Coordinator::RunStep() {
   if (prefills > 0) {
     metrics_->prefill_steps++;
     metrics_->prefilled_sequences += prefills;
+    metrics_->prefill_rows += prefill_rows;
   }
   StepOutcome outcome;
   for (int w = 0; w < n; ++w) {
@@ -618,7 +620,9 @@ Coordinator::StepOutcome Coordinator::RunStep() {
   }
   if (!outcome.status.ok()) return outcome;
   const auto now = Clock::now();
-  metrics_->step_seconds.Observe(std::chrono::duration<double>(now - admitted).count());
+  const double step_seconds = std::chrono::duration<double>(now - admitted).count();
+  metrics_->step_seconds.Observe(step_seconds);
+  if (prefills > 0) metrics_->prefill_step_seconds.Observe(step_seconds);
   results_in_ = now;
   struct TaskTokens {
     int64_t tokens = 0, bytes = 0, layers = 0;

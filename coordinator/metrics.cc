@@ -57,6 +57,7 @@ ClusterMetrics::ClusterMetrics(int num_layers, int num_experts, int num_workers)
     : ttft_seconds(LatencyBuckets()),
       inter_token_seconds(LatencyBuckets()),
       step_seconds(StepBuckets()),
+      prefill_step_seconds(StepBuckets()),
       step_gap_seconds(StepBuckets()),
       num_layers_(num_layers),
       num_experts_(num_experts),
@@ -97,6 +98,8 @@ std::string ClusterMetrics::Render() const {
   out += ttft_seconds.Render("moe_time_to_first_token_seconds", "Time from request arrival to its first token.");
   out += inter_token_seconds.Render("moe_inter_token_seconds", "Time between consecutive tokens of a request.");
   out += step_seconds.Render("moe_engine_step_seconds", "Engine step, from its admission to the workers' results.");
+  out += prefill_step_seconds.Render("moe_engine_prefill_step_seconds",
+                                     "The engine steps (moe_engine_step_seconds) that prefilled at least one sequence.");
   out += step_gap_seconds.Render("moe_engine_step_gap_seconds",
                                  "From a step's results to the next step's admission, while sequences run.");
   auto counter = [&](const char* name, const char* help, int64_t v, const char* type = "counter") {
@@ -115,6 +118,7 @@ std::string ClusterMetrics::Render() const {
   counter("moe_engine_prefilled_sequences_total",
           "Sequences prefilled (new and resumed); over moe_engine_prefill_steps_total: prompts per prefill step.",
           prefilled_sequences.load());
+  counter("moe_engine_prefill_rows_total", "Prompt rows those steps prefilled beyond one per sequence.", prefill_rows.load());
   counter("moe_queue_depth", "Requests waiting for admission.", queue_depth.load(), "gauge");
   counter("moe_running_requests", "Requests in the running batch.", running.load(), "gauge");
   counter("moe_workers_alive", "Workers in the current shard map.", workers_alive.load(), "gauge");

@@ -41,6 +41,7 @@ class ClusterMetrics {
   // the gap from one step's results to the next step's admission when sequences were still running
   // (the coordinator's own per-step work: handing out the tokens, admitting, building the requests).
   Histogram step_seconds;
+  Histogram prefill_step_seconds;  // the steps among those that prefilled at least one sequence
   Histogram step_gap_seconds;
   std::atomic<int64_t> requests_total{0};
   std::atomic<int64_t> requests_rejected{0};
@@ -52,6 +53,7 @@ class ClusterMetrics {
   std::atomic<int64_t> steps{0};
   std::atomic<int64_t> prefill_steps{0};        // steps that prefilled at least one sequence
   std::atomic<int64_t> prefilled_sequences{0};  // sequences those steps prefilled (new and resumed)
+  std::atomic<int64_t> prefill_rows{0};         // their prompt rows beyond one per sequence
   std::atomic<int64_t> workers_alive{0};
   std::atomic<int64_t> shard_map_epoch{0};
   std::atomic<int64_t> worker_failures{0};   // workers declared dead

@@ -999,6 +999,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
 
 void ServingSimulation::EndStep(Replica& r, std::vector<WorkerBatch> batches) {
   const Nanos now = sim_.now();
+  (PrefillRowsIn(batches) > 0 ? report_.prefill_step_s : report_.decode_step_s) += static_cast<double>(now - r.step_start) * 1e-9;
   for (const WorkerBatch& b : batches) {
     rows_processed_ += static_cast<double>(b.rows);
     layers_run_ += b.tokens * static_cast<double>(shape_.layers);

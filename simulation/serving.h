@@ -158,6 +158,7 @@ struct SimReport {
   double layers_per_token = 0;   // layers run per token processed
   int64_t steps = 0;
   int64_t prefill_steps = 0, prefill_rows = 0;  // steps with prompt rows; their rows beyond one per sequence
+  double prefill_step_s = 0, decode_step_s = 0;  // the time those steps and the others took, in all (gaps not counted)
   uint64_t events = 0;
   std::vector<LinkReport> links;      // flow: every link; fluid: each worker's ports
   std::vector<WorkerReport> workers;

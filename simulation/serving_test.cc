@@ -133,6 +133,8 @@ TEST_P(BothFidelities, PrefillOverheadsArePaidByThePrefillStep) {
   EXPECT_NEAR(report->inter_token.Percentile(0.5), 1257e-9, 1257e-9 * 0.011);
   EXPECT_EQ(report->prefill_steps, 1);
   EXPECT_EQ(report->prefill_rows, 3);
+  EXPECT_NEAR(report->prefill_step_s, (1983 + 800) * 1e-9, 1e-15);  // the steps' own times, apart
+  EXPECT_NEAR(report->decode_step_s, 2 * 1257e-9, 1e-15);
 }
 
 // Each token reaches its client token_delivery_curve(sequences in its step) after the step; the step

@@ -201,6 +201,9 @@ TEST(ClusterSystemTest, SixtyFourConcurrentStreamsAllCompleteUnmixed) {
   EXPECT_EQ(MetricValue(*metrics, "moe_engine_prefilled_sequences_total"), kClients) << *metrics;
   EXPECT_GE(MetricValue(*metrics, "moe_engine_prefill_steps_total"), 1) << *metrics;
   EXPECT_LE(MetricValue(*metrics, "moe_engine_prefill_steps_total"), kClients) << *metrics;
+  EXPECT_EQ(MetricValue(*metrics, "moe_engine_prefill_step_seconds_count"),
+            MetricValue(*metrics, "moe_engine_prefill_steps_total")) << *metrics;
+  EXPECT_GT(MetricValue(*metrics, "moe_engine_prefill_rows_total"), 0) << *metrics;
 }
 
 
