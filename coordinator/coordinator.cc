@@ -603,11 +603,6 @@ Coordinator::StepOutcome Coordinator::RunStep() {
     }
   }
   metrics_->steps++;
-  if (prefills > 0) {
-    metrics_->prefill_steps++;
-    metrics_->prefilled_sequences += prefills;
-    metrics_->prefill_rows += prefill_rows;
-  }
   StepOutcome outcome;
   for (int w = 0; w < n; ++w) {
     const grpc::StatusCode code = calls[w].status.error_code();
@@ -622,7 +617,12 @@ Coordinator::StepOutcome Coordinator::RunStep() {
   const auto now = Clock::now();
   const double step_seconds = std::chrono::duration<double>(now - admitted).count();
   metrics_->step_seconds.Observe(step_seconds);
-  if (prefills > 0) metrics_->prefill_step_seconds.Observe(step_seconds);
+  if (prefills > 0) {  // counted when the step succeeded: a failed step's sequences are prefilled again
+    metrics_->prefill_steps++;
+    metrics_->prefilled_sequences += prefills;
+    metrics_->prefill_rows += prefill_rows;
+    metrics_->prefill_step_seconds.Observe(step_seconds);
+  }
   results_in_ = now;
   struct TaskTokens {
     int64_t tokens = 0, bytes = 0, layers = 0;

@@ -51,7 +51,7 @@ class ClusterMetrics {
   std::atomic<int64_t> queue_depth{0};
   std::atomic<int64_t> running{0};
   std::atomic<int64_t> steps{0};
-  std::atomic<int64_t> prefill_steps{0};        // steps that prefilled at least one sequence
+  std::atomic<int64_t> prefill_steps{0};        // steps that prefilled at least one sequence (and succeeded)
   std::atomic<int64_t> prefilled_sequences{0};  // sequences those steps prefilled (new and resumed)
   std::atomic<int64_t> prefill_rows{0};         // their prompt rows beyond one per sequence
   std::atomic<int64_t> workers_alive{0};
