@@ -628,6 +628,16 @@ Coordinator::StepOutcome Coordinator::RunStep() {
     int64_t tokens = 0, bytes = 0, layers = 0;
   };
   std::map<std::string, TaskTokens> task_tokens, router_tokens;
+  // The tokens go out after every count of this step is made: a client that has its last token then
+  // finds it in /metrics and in the maps' and routers' usage.
+  struct Delivery {
+    std::shared_ptr<RequestHandle> handle;
+    int32_t token = 0;
+    int64_t all2all_bytes = 0;
+    int32_t layers = 0;
+    v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  };
+  std::vector<Delivery> deliveries;
   for (int w = 0; w < n; ++w) {
     const v1::StepResponse& resp = calls[w].response;
     std::vector<int64_t> per_slot(static_cast<size_t>(options_.num_workers), 0);
@@ -642,8 +652,8 @@ Coordinator::StepOutcome Coordinator::RunStep() {
                                                         r.token()) != config_.eos_token_ids.end();
       const bool last = eos || static_cast<int64_t>(s.generated.size()) + 1 >= s.spec.max_tokens;
       if (last) ReleaseUsers(s.spec);
-      s.handle->Push(r.token(), r.all2all_bytes(), r.layers_executed(),
-                     !last ? v1::FINISH_REASON_UNSPECIFIED : eos ? v1::FINISH_REASON_EOS : v1::FINISH_REASON_LENGTH);
+      deliveries.push_back({s.handle, r.token(), r.all2all_bytes(), r.layers_executed(),
+                            !last ? v1::FINISH_REASON_UNSPECIFIED : eos ? v1::FINISH_REASON_EOS : v1::FINISH_REASON_LENGTH});
       metrics_->tokens_generated++;
       metrics_->AddTaskToken(s.spec.task, r.all2all_bytes());
       metrics_->layers_executed += r.layers_executed();
@@ -681,6 +691,7 @@ Coordinator::StepOutcome Coordinator::RunStep() {
       r.layers_executed += it->second.layers;
     }
   }
+  for (const Delivery& d : deliveries) d.handle->Push(d.token, d.all2all_bytes, d.layers, d.finish);
   return outcome;
 }
 
