@@ -130,9 +130,10 @@ std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int co
   return RandomPrompts(config.vocab_size, config.bos_token_id, std::max(12, 4 * concurrency), kProbePromptTokens, /*seed=*/7);
 }
 
-// The coordinator's histogram totals a probe reads: the TTFT's and the engine's step gap's.
+// The coordinator's totals a probe reads: the TTFT's, the engine steps' and gaps' histograms, and what
+// the prefill steps took in.
 struct CoordinatorTotals {
-  double ttft_sum = 0, ttft_count = 0, gap_sum = 0, gap_count = 0, prefill_steps = 0, prefilled = 0;
+  double ttft_sum = 0, ttft_count = 0, gap_sum = 0, gap_count = 0, prefilled = 0;
   double step_sum = 0, step_count = 0, prefill_step_sum = 0, prefill_step_count = 0, prefill_rows = 0;
 };
 
@@ -141,11 +142,11 @@ absl::StatusOr<CoordinatorTotals> ReadCoordinatorTotals(const LocalCluster& clus
   CoordinatorTotals t{MetricValue(page, "moe_time_to_first_token_seconds_sum"),
                       MetricValue(page, "moe_time_to_first_token_seconds_count"),
                       MetricValue(page, "moe_engine_step_gap_seconds_sum"), MetricValue(page, "moe_engine_step_gap_seconds_count"),
-                      MetricValue(page, "moe_engine_prefill_steps_total"), MetricValue(page, "moe_engine_prefilled_sequences_total"),
+                      MetricValue(page, "moe_engine_prefilled_sequences_total"),
                       MetricValue(page, "moe_engine_step_seconds_sum"), MetricValue(page, "moe_engine_step_seconds_count"),
                       MetricValue(page, "moe_engine_prefill_step_seconds_sum"),
                       MetricValue(page, "moe_engine_prefill_step_seconds_count"), MetricValue(page, "moe_engine_prefill_rows_total")};
-  for (double v : {t.ttft_sum, t.ttft_count, t.gap_sum, t.gap_count, t.prefill_steps, t.prefilled, t.step_sum, t.step_count,
+  for (double v : {t.ttft_sum, t.ttft_count, t.gap_sum, t.gap_count, t.prefilled, t.step_sum, t.step_count,
                    t.prefill_step_sum, t.prefill_step_count, t.prefill_rows}) {
     if (v < 0) return absl::InternalError("calibration: the coordinator's /metrics lacks the TTFT, step or prefill figures");
   }
@@ -155,14 +156,33 @@ absl::StatusOr<CoordinatorTotals> ReadCoordinatorTotals(const LocalCluster& clus
 }  // namespace
 
 ProbeSamples::ProbeSamples() {
-  for (int concurrency : kProbeConcurrency) probes.push_back({concurrency, {}, {}, {}, {}, {}, {}, {}, {}});
+  for (int concurrency : kProbeConcurrency) probes.push_back({concurrency, {}, {}});
 }
 
 ProbeFigures ProbeSamples::Medians(size_t probe) const {
-  const Probe& p = probes[probe];
-  return {Quantile(p.decode_s, 0.5), Quantile(p.client_ttft_p50_s, 0.5), Quantile(p.coordinator_ttft_s, 0.5),
-          Quantile(p.step_gap_s, 0.5), Quantile(p.prompts_per_prefill_step, 0.5), Quantile(p.prefill_extra_s, 0.5),
-          Quantile(p.rows_per_prefill_step, 0.5)};
+  const std::vector<ProbeFigures>& runs = probes[probe].runs;
+  const auto median = [&runs](double ProbeFigures::*figure) {
+    std::vector<double> values;
+    for (const ProbeFigures& run : runs) values.push_back(run.*figure);
+    return Quantile(std::move(values), 0.5);
+  };
+  return {median(&ProbeFigures::decode_s), median(&ProbeFigures::client_ttft_p50_s),
+          median(&ProbeFigures::coordinator_ttft_s), median(&ProbeFigures::step_gap_s),
+          median(&ProbeFigures::prompts_per_prefill_step), median(&ProbeFigures::prefill_extra_s),
+          median(&ProbeFigures::rows_per_prefill_step)};
+}
+
+ProbeFigures SimulatedProbeFigures(const sim::SimReport& report) {
+  const double prefill_steps = std::max<double>(1, static_cast<double>(report.prefill_steps));
+  const double other_steps = std::max<double>(1, static_cast<double>(report.steps - report.prefill_steps));
+  ProbeFigures f;
+  f.decode_s = report.inter_token.MeanSeconds();
+  f.client_ttft_p50_s = report.ttft.Percentile(0.5);
+  f.coordinator_ttft_s = report.coordinator_ttft.MeanSeconds();
+  f.prompts_per_prefill_step = static_cast<double>(report.requests - report.rejected) / prefill_steps;
+  f.prefill_extra_s = report.prefill_step_s / prefill_steps - report.decode_step_s / other_steps;
+  f.rows_per_prefill_step = static_cast<double>(report.prefill_rows) / prefill_steps;
+  return f;
 }
 
 absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, int runs, ProbeSamples* samples) {
@@ -176,20 +196,20 @@ absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, i
       if (after.ttft_count <= before.ttft_count) return absl::InternalError("calibration: the coordinator counted no first tokens");
       std::vector<double> ttft;
       for (const RequestTiming& r : load.answered) ttft.push_back(r.ttft_s);
-      probe.decode_s.push_back(load.mean_inter_token_s());
-      probe.client_ttft_p50_s.push_back(Quantile(ttft, 0.5));
-      probe.coordinator_ttft_s.push_back((after.ttft_sum - before.ttft_sum) / (after.ttft_count - before.ttft_count));
+      ProbeFigures& f = probe.runs.emplace_back();
+      f.decode_s = load.mean_inter_token_s();
+      f.client_ttft_p50_s = Quantile(ttft, 0.5);
+      f.coordinator_ttft_s = (after.ttft_sum - before.ttft_sum) / (after.ttft_count - before.ttft_count);
       // Every probe answers several tokens a request, so steps follow steps; a run without one measures no gap.
       const double gaps = after.gap_count - before.gap_count;
-      probe.step_gap_s.push_back(gaps > 0 ? (after.gap_sum - before.gap_sum) / gaps : 0);
-      const double prefill_steps = after.prefill_step_count - before.prefill_step_count;
-      const double other_steps = after.step_count - before.step_count - prefill_steps;
-      probe.prompts_per_prefill_step.push_back((after.prefilled - before.prefilled) / std::max(1.0, prefill_steps));
-      probe.rows_per_prefill_step.push_back((after.prefill_rows - before.prefill_rows) / std::max(1.0, prefill_steps));
-      const double prefill_step_s = (after.prefill_step_sum - before.prefill_step_sum) / std::max(1.0, prefill_steps);
-      const double other_step_s = (after.step_sum - before.step_sum - (after.prefill_step_sum - before.prefill_step_sum)) /
-                                  std::max(1.0, other_steps);
-      probe.prefill_extra_s.push_back(prefill_step_s - other_step_s);
+      f.step_gap_s = gaps > 0 ? (after.gap_sum - before.gap_sum) / gaps : 0;
+      const double prefill_step_count = after.prefill_step_count - before.prefill_step_count;
+      const double prefill_steps = std::max(1.0, prefill_step_count);
+      const double other_steps = std::max(1.0, after.step_count - before.step_count - prefill_step_count);
+      const double prefill_step_sum = after.prefill_step_sum - before.prefill_step_sum;
+      f.prompts_per_prefill_step = (after.prefilled - before.prefilled) / prefill_steps;
+      f.rows_per_prefill_step = (after.prefill_rows - before.prefill_rows) / prefill_steps;
+      f.prefill_extra_s = prefill_step_sum / prefill_steps - (after.step_sum - before.step_sum - prefill_step_sum) / other_steps;
       if (probe.shapes.answered.empty()) probe.shapes = std::move(load);
     }
   }
@@ -257,24 +277,18 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
                                  const ProbeSamples& samples, WorkerCountCosts* costs) {
   const std::vector<ProbeSamples::Probe>& runs = samples.probes;
   for (const ProbeSamples::Probe& probe : runs) {
-    if (probe.decode_s.empty()) return absl::InvalidArgumentError("calibration: a probe without runs");
+    if (probe.runs.empty()) return absl::InvalidArgumentError("calibration: a probe without runs");
   }
   struct Simulated {
     ProbeFigures figures;
-    double rows_per_prefill_step = 0, sequences_per_step = 0;
+    double sequences_per_step = 0;
   };
   auto simulate = [&](const ProbeSamples::Probe& probe) -> absl::StatusOr<Simulated> {
     MOE_ASSIGN_OR_RETURN(sim::ClusterSpec cluster,
                          sim::ClusterSpec::FromJson(ThisMachineClusterJson(c, *costs).dump(), "calibration", ""));
     MOE_ASSIGN_OR_RETURN(sim::SimReport report,
                          SimulateClosedLoop(config, shape, cluster, probe.shapes, probe.concurrency, std::nullopt));
-    const double prefilled = static_cast<double>(report.requests - report.rejected);
-    const double prefill_steps = std::max<double>(1, static_cast<double>(report.prefill_steps));
-    const double other_steps = std::max<double>(1, static_cast<double>(report.steps - report.prefill_steps));
-    return Simulated{{report.inter_token.MeanSeconds(), report.ttft.Percentile(0.5), report.coordinator_ttft.MeanSeconds(), 0,
-                      prefilled / prefill_steps, report.prefill_step_s / prefill_steps - report.decode_step_s / other_steps,
-                      static_cast<double>(report.prefill_rows) / prefill_steps},
-                     static_cast<double>(report.prefill_rows) / std::max<double>(1, static_cast<double>(report.prefill_steps)),
+    return Simulated{SimulatedProbeFigures(report),
                      static_cast<double>(report.tokens) / std::max<double>(1, static_cast<double>(report.steps))};
   };
   costs->probes.clear();
@@ -341,7 +355,7 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
     set_delivery_curve();
     const double miss_one = costs->probes[0].measured.coordinator_ttft_s - now[0].figures.coordinator_ttft_s;
     const double miss_busy = costs->probes[busiest].measured.coordinator_ttft_s - now[busiest].figures.coordinator_ttft_s;
-    const double rows_one = now[0].rows_per_prefill_step, rows_busy = now[busiest].rows_per_prefill_step;
+    const double rows_one = now[0].figures.rows_per_prefill_step, rows_busy = now[busiest].figures.rows_per_prefill_step;
     // Part steps for the per-row cost (the busiest probe's TTFT also moves with its queueing); the
     // per-step cost takes up the rest of the one-client miss, after the per-row change actually made.
     // (A weighted least-squares line through every probe's miss was tried: the rows per prefill step

@@ -120,14 +120,16 @@ struct ProbeSamples {
   struct Probe {
     int concurrency = 0;
     LoadResult shapes;
-    // One per run.
-    std::vector<double> decode_s, client_ttft_p50_s, coordinator_ttft_s, step_gap_s, prompts_per_prefill_step,
-        prefill_extra_s, rows_per_prefill_step;
+    std::vector<ProbeFigures> runs;
   };
   std::vector<Probe> probes;
   ProbeSamples();  // every probe, no runs yet
-  ProbeFigures Medians(size_t probe) const;
+  ProbeFigures Medians(size_t probe) const;  // each figure's median over the probe's runs
 };
+
+// A probe's figures as the simulator's report of it gives them; the step gap is 0 (an input of the
+// simulator, not one of its results).
+ProbeFigures SimulatedProbeFigures(const sim::SimReport& report);
 
 // Adds `runs` runs of every probe on the running cluster `live` (its coordinator's /metrics is read).
 // INTERNAL when a probe request fails or /metrics has no TTFT histogram.

@@ -47,18 +47,11 @@ struct FitCase {
       const absl::StatusOr<sim::SimReport> report =
           SimulateClosedLoop(config, shape, *cluster, probe.shapes, probe.concurrency, std::nullopt);
       EXPECT_THAT(report.status(), IsOk());
-      probe.decode_s.push_back(report->inter_token.MeanSeconds());
-      probe.client_ttft_p50_s.push_back(report->ttft.Percentile(0.5));
-      probe.coordinator_ttft_s.push_back(report->coordinator_ttft.MeanSeconds());
+      ProbeFigures& run = probe.runs.emplace_back(SimulatedProbeFigures(*report));
       // The live coordinator's mean gap over its steps; the truth's curve is a line, so it is the gap at
       // the mean sequences per step.
       const double sequences_per_step = static_cast<double>(report->tokens) / static_cast<double>(report->steps);
-      probe.step_gap_s.push_back(static_cast<double>(cluster->StepGap(std::llround(sequences_per_step))) * 1e-9);
-      const double prefill_steps = static_cast<double>(report->prefill_steps);
-      probe.prompts_per_prefill_step.push_back(static_cast<double>(report->completed) / prefill_steps);
-      probe.rows_per_prefill_step.push_back(static_cast<double>(report->prefill_rows) / prefill_steps);
-      probe.prefill_extra_s.push_back(report->prefill_step_s / prefill_steps -
-                                      report->decode_step_s / static_cast<double>(report->steps - report->prefill_steps));
+      run.step_gap_s = static_cast<double>(cluster->StepGap(std::llround(sequences_per_step))) * 1e-9;
     }
     return samples;
   }

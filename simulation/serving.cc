@@ -296,6 +296,13 @@ int64_t SequencesIn(const std::vector<WorkerBatch>& batches) {
   return n;
 }
 
+// Workers with sequences in a replica's step: those that run the LM head and sample.
+int WorkersWithSequences(const std::vector<WorkerBatch>& batches) {
+  int n = 0;
+  for (const WorkerBatch& b : batches) n += b.sequences > 0;
+  return n;
+}
+
 // Rows a replica's step processes beyond one per sequence: the prompt tokens it prefills after each new
 // sequence's first.
 int64_t PrefillRowsIn(const std::vector<WorkerBatch>& batches) {
@@ -715,12 +722,10 @@ Nanos ServingSimulation::FluidStepTime(const Replica& r, const std::vector<Worke
     G += batches[w].general_tokens;
     g_host[host[w]] += batches[w].general_tokens;
   }
-  int attending = 0, sampling = 0;  // workers with rows, with sequences
-  for (const WorkerBatch& b : batches) {
-    attending += b.tokens > 0;
-    sampling += b.sequences > 0;
-  }
-  const double attention_core_share = cluster_.CoreShare(attending), head_core_share = cluster_.CoreShare(sampling);
+  int attending = 0;  // workers with rows
+  for (const WorkerBatch& b : batches) attending += b.tokens > 0;
+  const double attention_core_share = cluster_.CoreShare(attending);
+  const double head_core_share = cluster_.CoreShare(WorkersWithSequences(batches));
   std::vector<Nanos> attention(static_cast<size_t>(W)), dense_ffn(static_cast<size_t>(W)), lm_head(static_cast<size_t>(W));
   for (int w = 0; w < W; ++w) {
     attention[w] = OnShare(AttentionTime(batches[w].tokens, batches[w].attended, batches[w].kv_positions), attention_core_share);
@@ -916,9 +921,7 @@ void ServingSimulation::RunFlowStep(Replica& r, std::vector<WorkerBatch> batches
       if (any) L.kv[s.rank] += static_cast<double>(s.prompt + s.generated);
     }
   }
-  int sampling = 0;
-  for (const WorkerBatch& b : step->batches) sampling += b.sequences > 0;
-  step->head_core_share = cluster_.CoreShare(sampling);
+  step->head_core_share = cluster_.CoreShare(WorkersWithSequences(step->batches));
   for (FlowStep::Layer& L : step->layers) {
     int attending = 0, computing = 0;
     for (int w = 0; w < W; ++w) {
@@ -1013,8 +1016,9 @@ void ServingSimulation::EndStep(Replica& r, std::vector<WorkerBatch> batches) {
     series_->Add(r.step_start, now, 0, delta);
     r.flow.reset();
   }
-  const Nanos mean_delivery = cluster_.TokenDelivery(SequencesIn(batches));
-  r.admits_at = now + cluster_.StepGap(SequencesIn(batches));
+  const int64_t sequences = SequencesIn(batches);
+  const Nanos mean_delivery = cluster_.TokenDelivery(sequences);
+  r.admits_at = now + cluster_.StepGap(sequences);
   for (auto it = r.running.begin(); it != r.running.end();) {
     Sequence& s = it->second;
     const Nanos delivered = std::max(s.last_token, now + FrontEndDelay(mean_delivery));  // at the client
