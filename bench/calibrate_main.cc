@@ -6,6 +6,8 @@
 //   build/bin/moe-calibrate --model models/tiny-moe [--out build/calibration] [--workers 1,2,4]
 //                           [--weights bf16|f32] [--repeats 41] [--probe-starts 3] [--probe-runs 2]
 //                           [--mpi=false]
+//   build/bin/moe-calibrate --model models/tiny-moe --refit OLD/calibration.json [--out DIR]
+//     (the serving costs fitted again to the recorded probes; nothing measured)
 // Exit status: 0 written, 1 bad flags or a failed measurement.
 #include <filesystem>
 #include <fstream>
@@ -26,6 +28,9 @@ ABSL_FLAG(int32_t, repeats, moe::bench::CalibrationOptions{}.repeats, "samples p
 ABSL_FLAG(bool, mpi, true, "also probe the MPI clusters (cluster/run-mpi) of 2+ workers and measure the MPI backend");
 ABSL_FLAG(int32_t, probe_starts, moe::bench::CalibrationOptions{}.probe_starts,
           "fresh starts of each probed cluster (the figures vary from start to start)");
+ABSL_FLAG(std::string, refit, "",
+          "a calibration.json: fit the serving costs again to the probes it recorded, measuring nothing (after a "
+          "change to the simulator or the fit)");
 ABSL_FLAG(int32_t, probe_runs, moe::bench::CalibrationOptions{}.probe_runs,
           "closed-loop runs of each live probe per start (the medians over all starts' runs are kept)");
 
@@ -63,7 +68,15 @@ int main(int argc, char** argv) {
     if (!absl::SimpleAtoi(w, &n) || n < 1) return Fail("--workers must list positive integers");
     options.workers.push_back(n);
   }
-  absl::StatusOr<moe::bench::Calibration> c = moe::bench::CalibrateThisMachine(options);
+  absl::StatusOr<moe::bench::Calibration> c;
+  if (const std::string refit = absl::GetFlag(FLAGS_refit); !refit.empty()) {
+    std::ifstream in(refit);
+    const nlohmann::json recorded = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (!in || recorded.is_discarded()) return Fail("cannot read " + refit + " as JSON");
+    c = moe::bench::RefitCalibration(recorded, options.model_dir);
+  } else {
+    c = moe::bench::CalibrateThisMachine(options);
+  }
   if (!c.ok()) return Fail(c.status().ToString());
 
   std::cout << absl::StrFormat("%d cores; matmul [%d x %d] %s weights, 1 thread:\n| rows | GFLOP/s |\n|---|---|\n", c->cores,
@@ -80,20 +93,23 @@ int main(int argc, char** argv) {
                                  w.request_overhead_s * 1e6);
   }
   std::cout << "| workers, exchange | clients | decode ms/token live | sim | client TTFT p50 ms live | sim | coordinator mean "
-               "TTFT ms live | sim | prompts per prefill step live | sim | prefill step's extra us live | sim | measured step gap "
-               "us | fitted step overhead us | fitted token delivery us |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+               "TTFT ms live | sim | prompts per prefill step live | sim | prefill step's extra us live | sim | stream close us live | "
+               "sim | measured step gap us | fitted step overhead us | fitted token delivery us | fitted close us |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& w : c->per_workers) {
     for (size_t i = 0; i < w.probes.size(); ++i) {
       const auto& p = w.probes[i];
-      std::cout << absl::StrFormat("| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f | %.0f |\n",
+      std::cout << absl::StrFormat("| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f | %.0f | "
+                                   "%.0f | %.0f | %.0f |\n",
                                    cluster_label(w),
                                    p.concurrency, p.measured.decode_s * 1e3, p.simulated.decode_s * 1e3,
                                    p.measured.client_ttft_p50_s * 1e3, p.simulated.client_ttft_p50_s * 1e3,
                                    p.measured.coordinator_ttft_s * 1e3, p.simulated.coordinator_ttft_s * 1e3,
                                    p.measured.prompts_per_prefill_step, p.simulated.prompts_per_prefill_step,
                                    p.measured.prefill_extra_s * 1e6, p.simulated.prefill_extra_s * 1e6,
+                                   p.measured.stream_close_s * 1e6, p.simulated.stream_close_s * 1e6,
                                    w.step_gap_curve_s[i].second * 1e6, w.step_overhead_curve_s[i].second * 1e6,
-                                   w.token_delivery_curve_s[i].second * 1e6);
+                                   w.token_delivery_curve_s[i].second * 1e6, w.stream_close_curve_s[i].second * 1e6);
     }
   }
   const std::filesystem::path out = absl::GetFlag(FLAGS_out);

@@ -1,6 +1,8 @@
 #include "bench/calibration.h"
 
 #include <algorithm>
+#include <cmath>
+#include <numeric>
 #include <barrier>
 #include <chrono>
 #include <condition_variable>
@@ -167,7 +169,8 @@ ProbeFigures ProbeSamples::Medians(size_t probe) const {
     return Quantile(std::move(values), 0.5);
   };
   return {median(&ProbeFigures::decode_s), median(&ProbeFigures::client_ttft_p50_s),
-          median(&ProbeFigures::coordinator_ttft_s), median(&ProbeFigures::step_gap_s),
+          median(&ProbeFigures::coordinator_ttft_s), median(&ProbeFigures::step_gap_s), median(&ProbeFigures::stream_close_s),
+          median(&ProbeFigures::client_ttft_mean_s),
           median(&ProbeFigures::prompts_per_prefill_step), median(&ProbeFigures::prefill_extra_s),
           median(&ProbeFigures::rows_per_prefill_step)};
 }
@@ -178,7 +181,9 @@ ProbeFigures SimulatedProbeFigures(const sim::SimReport& report) {
   ProbeFigures f;
   f.decode_s = report.inter_token.MeanSeconds();
   f.client_ttft_p50_s = report.ttft.Percentile(0.5);
+  f.client_ttft_mean_s = report.ttft.MeanSeconds();
   f.coordinator_ttft_s = report.coordinator_ttft.MeanSeconds();
+  f.stream_close_s = report.stream_close.MeanSeconds();
   f.prompts_per_prefill_step = static_cast<double>(report.requests - report.rejected) / prefill_steps;
   f.prefill_extra_s = report.prefill_step_s / prefill_steps - report.decode_step_s / other_steps;
   f.rows_per_prefill_step = static_cast<double>(report.prefill_rows) / prefill_steps;
@@ -199,7 +204,9 @@ absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, i
       ProbeFigures& f = probe.runs.emplace_back();
       f.decode_s = load.mean_inter_token_s();
       f.client_ttft_p50_s = Quantile(ttft, 0.5);
+      f.client_ttft_mean_s = ttft.empty() ? 0 : std::accumulate(ttft.begin(), ttft.end(), 0.0) / static_cast<double>(ttft.size());
       f.coordinator_ttft_s = (after.ttft_sum - before.ttft_sum) / (after.ttft_count - before.ttft_count);
+      f.stream_close_s = load.mean_close_s();
       // Every probe answers several tokens a request, so steps follow steps; a run without one measures no gap.
       const double gaps = after.gap_count - before.gap_count;
       f.step_gap_s = gaps > 0 ? (after.gap_sum - before.gap_sum) / gaps : 0;
@@ -257,7 +264,16 @@ std::pair<double, double> LeastSquaresLine(const std::vector<double>& x, const s
 // the fit, so the second half of the rounds is averaged (calibration_test.cc: probes the simulator
 // made from known costs, with and without a step gap).
 constexpr int kFitRounds = 24;
-constexpr double kDeliveryGain = 0.5, kPrefillRowGain = 0.3, kPrefillStepGain = 0.7;
+constexpr double kDeliveryGain = 0.5, kPrefillRowGain = 0.3, kPrefillStepGain = 0.7, kCloseGain = 0.5;
+
+// A front-end cost as a line in the streams per step, from its value at one stream.
+struct StreamLine {
+  double at_one = 0, per_stream = 0;
+  double At(int64_t streams) const { return std::max(0.0, at_one + per_stream * static_cast<double>(streams - 1)); }
+  void Fill(std::vector<std::pair<int64_t, double>>* curve) const {
+    for (auto& [x, seconds] : *curve) seconds = At(x);
+  }
+};
 
 }  // namespace
 
@@ -269,10 +285,13 @@ constexpr double kDeliveryGain = 0.5, kPrefillRowGain = 0.3, kPrefillStepGain = 
 //   - the prefill costs by the coordinator TTFT of the one-client probe (one prefill step of one
 //     prompt, nothing else running) and of the busiest probe (prefill steps of several prompts): per
 //     step and per row (two probes, two unknowns, at the rows per prefill step the simulator saw);
-//   - the token-delivery curve, a line in the streams per step (probe to probe the front end's figures
-//     are too noisy for a point each), by the least-squares line through the probes' misses of the
-//     clients' median TTFT, with the intake fixed at half the one-client front end (client TTFT -
-//     coordinator TTFT).
+//   - the front end's way in and out: the intake and the token delivery at one stream are each half
+//     the one-client probe's front end (the clients' mean TTFT less the coordinator's); the delivery's
+//     growth with the streams (probe to probe the front end's figures are too noisy for a point each)
+//     by the least-squares slope through the probes' misses of the clients' median TTFT;
+//   - the stream close (the cost of one close, which decides whether a closed-loop client's next
+//     request reaches the queue before or after the next admission), a line in the streams, by the
+//     clients' mean close: the least-squares line through each probe's cost scaled by its miss.
 absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShape& shape, const Calibration& c,
                                  const ProbeSamples& samples, WorkerCountCosts* costs) {
   const std::vector<ProbeSamples::Probe>& runs = samples.probes;
@@ -295,6 +314,7 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
   costs->step_overhead_curve_s.clear();
   costs->step_gap_curve_s.clear();
   costs->token_delivery_curve_s.clear();
+  costs->stream_close_curve_s.clear();
   costs->prefill_step_overhead_s = costs->prefill_row_overhead_s = costs->request_overhead_s = 0;
   for (size_t i = 0; i < runs.size(); ++i) {
     costs->probes.push_back({runs[i].concurrency, samples.Medians(i), {}});
@@ -306,53 +326,67 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
     MOE_ASSIGN_OR_RETURN(bare.emplace_back(), simulate(probe));
   }
   const ProbeFigures& alone = costs->probes[0].measured;  // one client: every TTFT alike
-  costs->request_overhead_s = std::max(0.0, (alone.client_ttft_p50_s - alone.coordinator_ttft_s) / 2);
+  costs->request_overhead_s = std::max(0.0, (alone.client_ttft_mean_s - alone.coordinator_ttft_s) / 2);
   const size_t busiest = runs.size() - 1;
-  double delivery_at_zero = 0, delivery_per_stream = 0;  // the token-delivery line
-  const auto set_delivery_curve = [&] {
-    for (auto& [x, seconds] : costs->token_delivery_curve_s) {
-      seconds = std::max(0.0, delivery_at_zero + delivery_per_stream * static_cast<double>(x));
-    }
-  };
+  // The token delivery at one stream is the other half of the one-client front end; its growth with
+  // the streams is fitted. A close's cost starts at the one-client probe's (nothing queues behind it).
+  StreamLine delivery{costs->request_overhead_s, 0}, close{alone.stream_close_s, 0};
   for (size_t i = 0; i < runs.size(); ++i) {
     const ProbeFigures& m = costs->probes[i].measured;
     costs->step_overhead_curve_s.emplace_back(runs[i].concurrency, std::max(0.0, m.decode_s - bare[i].figures.decode_s));
-    costs->token_delivery_curve_s.emplace_back(runs[i].concurrency, 0.0);
+    costs->token_delivery_curve_s.emplace_back(runs[i].concurrency, delivery.At(runs[i].concurrency));
+    costs->stream_close_curve_s.emplace_back(runs[i].concurrency, close.At(runs[i].concurrency));
   }
   struct Sums {  // the fitted costs over the second half of the rounds
-    double prefill_step_s = 0, prefill_row_s = 0, delivery_at_zero_s = 0, delivery_per_stream_s = 0;
+    double prefill_step_s = 0, prefill_row_s = 0;
+    StreamLine delivery, close;
     int rounds = 0;
-    void Add(const WorkerCountCosts& costs, double at_zero, double per_stream) {
+    void Add(const WorkerCountCosts& costs, const StreamLine& delivery_now, const StreamLine& close_now) {
       prefill_step_s += costs.prefill_step_overhead_s;
       prefill_row_s += costs.prefill_row_overhead_s;
-      delivery_at_zero_s += at_zero;
-      delivery_per_stream_s += per_stream;
+      delivery.per_stream += delivery_now.per_stream;
+      close.at_one += close_now.at_one;
+      close.per_stream += close_now.per_stream;
       ++rounds;
     }
   } settled;
   for (int round = 0; round < kFitRounds; ++round) {
     std::vector<Simulated> now;
-    std::vector<double> x, ttft_miss;
+    std::vector<double> beyond_one, ttft_miss, x, close_wanted;
     for (size_t i = 0; i < runs.size(); ++i) {
       MOE_ASSIGN_OR_RETURN(now.emplace_back(), simulate(runs[i]));
       const ProbeFigures& m = costs->probes[i].measured;
       const ProbeFigures& s = now.back().figures;
       double& step = costs->step_overhead_curve_s[i].second;
       step = std::max(0.0, step + m.decode_s - s.decode_s);
-      x.push_back(static_cast<double>(costs->token_delivery_curve_s[i].first));
+      const int64_t streams = costs->token_delivery_curve_s[i].first;
+      beyond_one.push_back(static_cast<double>(streams - 1));
       ttft_miss.push_back(m.client_ttft_p50_s - s.client_ttft_p50_s);
+      // The mean close is about proportional to a close's cost (a wave's closes queue one behind another).
+      x.push_back(static_cast<double>(streams));
+      const double cost = close.At(streams);
+      close_wanted.push_back(s.stream_close_s > 0 && cost > 0 ? cost * m.stream_close_s / s.stream_close_s : m.stream_close_s);
     }
-    // The least-squares line through the misses, taken in part (the misses also move with the other costs).
-    const auto [miss_at_zero, miss_per_stream] = LeastSquaresLine(x, ttft_miss);
-    delivery_per_stream += kDeliveryGain * miss_per_stream;
-    delivery_at_zero += kDeliveryGain * miss_at_zero;
+    // The delivery's growth: the least-squares slope through the misses (through no miss at one
+    // stream), taken in part (the misses also move with the other costs); the close's line likewise.
+    double moment = 0, spread = 0;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      moment += beyond_one[i] * ttft_miss[i];
+      spread += beyond_one[i] * beyond_one[i];
+    }
+    if (spread > 0) delivery.per_stream += kDeliveryGain * moment / spread;
+    const auto [close_at_zero, close_per_stream] = LeastSquaresLine(x, close_wanted);
+    close.at_one += kCloseGain * (close_at_zero + close_per_stream - close.at_one);
+    close.per_stream += kCloseGain * (close_per_stream - close.per_stream);
     // Each curve point sits at the sequences per step the simulator ran the probe with (ascending).
     for (size_t i = 0; i < runs.size(); ++i) {
       const int64_t at = std::llround(now[i].sequences_per_step);
       const int64_t xi = i == 0 ? std::max<int64_t>(1, at) : std::max(costs->step_overhead_curve_s[i - 1].first + 1, at);
-      costs->step_overhead_curve_s[i].first = costs->step_gap_curve_s[i].first = costs->token_delivery_curve_s[i].first = xi;
+      costs->step_overhead_curve_s[i].first = costs->step_gap_curve_s[i].first = costs->token_delivery_curve_s[i].first =
+          costs->stream_close_curve_s[i].first = xi;
     }
-    set_delivery_curve();
+    delivery.Fill(&costs->token_delivery_curve_s);
+    close.Fill(&costs->stream_close_curve_s);
     const double miss_one = costs->probes[0].measured.coordinator_ttft_s - now[0].figures.coordinator_ttft_s;
     const double miss_busy = costs->probes[busiest].measured.coordinator_ttft_s - now[busiest].figures.coordinator_ttft_s;
     const double rows_one = now[0].figures.rows_per_prefill_step, rows_busy = now[busiest].figures.rows_per_prefill_step;
@@ -368,14 +402,15 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
         0.0, costs->prefill_step_overhead_s +
                  kPrefillStepGain * (miss_one - rows_one * (costs->prefill_row_overhead_s - row_before)));
     if (round >= kFitRounds / 2) {
-      settled.Add(*costs, delivery_at_zero, delivery_per_stream);
+      settled.Add(*costs, delivery, close);
     }
   }
   costs->prefill_step_overhead_s = settled.prefill_step_s / settled.rounds;
   costs->prefill_row_overhead_s = settled.prefill_row_s / settled.rounds;
-  delivery_at_zero = settled.delivery_at_zero_s / settled.rounds;
-  delivery_per_stream = settled.delivery_per_stream_s / settled.rounds;
-  set_delivery_curve();
+  delivery.per_stream = settled.delivery.per_stream / settled.rounds;
+  close = {settled.close.at_one / settled.rounds, settled.close.per_stream / settled.rounds};
+  delivery.Fill(&costs->token_delivery_curve_s);
+  close.Fill(&costs->stream_close_curve_s);
   // The step curve once more, under the averaged costs (prefill steps are part of the decode time).
   for (size_t i = 0; i < runs.size(); ++i) {
     MOE_ASSIGN_OR_RETURN(const Simulated s, simulate(runs[i]));
@@ -456,13 +491,99 @@ absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& optio
   return c;
 }
 
+absl::StatusOr<Calibration> RefitCalibration(const nlohmann::json& j, const std::string& model_dir) {
+  absl::StatusOr<ModelConfig> config = ModelConfig::FromFile(model_dir + "/config.json");
+  if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat("calibration: ", config.status().message()));
+  const auto number = [](const nlohmann::json& object, const char* field, const std::string& where) -> absl::StatusOr<double> {
+    if (!object.is_object() || !object.contains(field) || !object[field].is_number()) {
+      return absl::InvalidArgumentError(absl::StrCat("calibration.json: ", where, field, " must be a number"));
+    }
+    return object[field].get<double>();
+  };
+  Calibration c;
+  c.model = model_dir;
+  MOE_ASSIGN_OR_RETURN(const double cores, number(j, "cores", ""));
+  c.cores = static_cast<int>(cores);
+  if (!j.contains("matmul") || !j["matmul"].contains("by_rows") || !j["matmul"]["by_rows"].is_array() ||
+      j["matmul"]["by_rows"].empty()) {
+    return absl::InvalidArgumentError("calibration.json: matmul.by_rows must be a non-empty array");
+  }
+  const nlohmann::json& matmul = j["matmul"];
+  MOE_ASSIGN_OR_RETURN(const double in_features, number(matmul, "in_features", "matmul."));
+  MOE_ASSIGN_OR_RETURN(const double out_features, number(matmul, "out_features", "matmul."));
+  c.matmul_in_features = static_cast<int64_t>(in_features);
+  c.matmul_out_features = static_cast<int64_t>(out_features);
+  const std::optional<DType> weights = ServedWeightType(matmul.value("weights", ""));
+  if (!weights) return absl::InvalidArgumentError("calibration.json: matmul.weights must be bf16 or f32");
+  c.weight_type = *weights;
+  for (const nlohmann::json& p : matmul["by_rows"]) {
+    MOE_ASSIGN_OR_RETURN(const double rows, number(p, "rows", "matmul.by_rows[]."));
+    MOE_ASSIGN_OR_RETURN(const double gflops, number(p, "gflops", "matmul.by_rows[]."));
+    c.kernel.push_back({static_cast<int64_t>(rows), gflops * 1e9});
+  }
+  if (!j.contains("per_workers") || !j["per_workers"].is_array()) {
+    return absl::InvalidArgumentError("calibration.json: per_workers must be an array");
+  }
+  const sim::ModelShape shape = ServedShape(*config, model_dir, c.weight_type);
+  for (const nlohmann::json& w : j["per_workers"]) {
+    WorkerCountCosts& costs = c.per_workers.emplace_back();
+    MOE_ASSIGN_OR_RETURN(const double workers, number(w, "workers", "per_workers[]."));
+    costs.workers = static_cast<int>(workers);
+    const std::optional<ExchangeBackend> backend = ParseBackend(w.value("backend", ""));
+    if (costs.workers < 1 || !backend) {
+      return absl::InvalidArgumentError("calibration.json: per_workers[] needs workers >= 1 and a backend, grpc or mpi");
+    }
+    costs.backend = *backend;
+    MOE_ASSIGN_OR_RETURN(const double latency_us, number(w, "exchange_latency_us", "per_workers[]."));
+    MOE_ASSIGN_OR_RETURN(const double gbps, number(w, "exchange_gbps", "per_workers[]."));
+    costs.exchange_latency_s = latency_us * 1e-6;
+    costs.exchange_bandwidth = gbps * 1e9;
+    ProbeSamples samples;
+    const nlohmann::json probes = w.value("probes", nlohmann::json::array());
+    for (ProbeSamples::Probe& probe : samples.probes) {
+      const auto recorded = std::find_if(probes.begin(), probes.end(), [&](const nlohmann::json& p) {
+        return p.is_object() && p.value("concurrency", 0) == probe.concurrency && p.contains("measured");
+      });
+      if (recorded == probes.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("calibration.json: per_workers[] (", costs.workers, ", ",
+                                                       BackendName(costs.backend), ") has no probe of ",
+                                                       probe.concurrency, " clients"));
+      }
+      const nlohmann::json& m = (*recorded)["measured"];
+      ProbeFigures& f = probe.runs.emplace_back();
+      MOE_ASSIGN_OR_RETURN(const double decode_ms, number(m, "decode_ms_per_token", "probes[].measured."));
+      MOE_ASSIGN_OR_RETURN(const double client_ttft_ms, number(m, "client_ttft_p50_ms", "probes[].measured."));
+      MOE_ASSIGN_OR_RETURN(const double coordinator_ttft_ms, number(m, "coordinator_ttft_ms", "probes[].measured."));
+      MOE_ASSIGN_OR_RETURN(const double gap_us, number(m, "step_gap_us", "probes[].measured."));
+      f.decode_s = decode_ms * 1e-3;
+      f.client_ttft_p50_s = client_ttft_ms * 1e-3;
+      f.client_ttft_mean_s = m.value("client_ttft_mean_ms", client_ttft_ms) * 1e-3;  // recorded since 2026-11-29
+      f.coordinator_ttft_s = coordinator_ttft_ms * 1e-3;
+      f.step_gap_s = gap_us * 1e-6;
+      f.stream_close_s = m.value("stream_close_us", 0.0) * 1e-6;  // recorded since 2026-11-29
+      f.prompts_per_prefill_step = m.value("prompts_per_prefill_step", 0.0);
+      f.prefill_extra_s = m.value("prefill_extra_us", 0.0) * 1e-6;
+      f.rows_per_prefill_step = m.value("rows_per_prefill_step", 0.0);
+      // The probe's requests, as RunProbeLoad sends them.
+      const std::vector<std::vector<int32_t>> prompts = ProbePrompts(*config, probe.concurrency);
+      for (const std::vector<int32_t>& prompt : prompts) {
+        probe.shapes.answered.push_back({static_cast<int64_t>(prompt.size()), kProbeMaxTokens});
+      }
+    }
+    MOE_RETURN_IF_ERROR(FitServingOverheads(*config, shape, c, samples, &costs));
+  }
+  return c;
+}
+
 nlohmann::json CalibrationJson(const Calibration& c) {
   nlohmann::json kernel = nlohmann::json::array();
   for (const KernelPoint& p : c.kernel) kernel.push_back({{"rows", p.rows}, {"gflops", p.flops_per_s / 1e9}});
   nlohmann::json workers = nlohmann::json::array();
   const auto figures = [](const ProbeFigures& f) {
     return nlohmann::json{{"decode_ms_per_token", f.decode_s * 1e3}, {"client_ttft_p50_ms", f.client_ttft_p50_s * 1e3},
+                          {"client_ttft_mean_ms", f.client_ttft_mean_s * 1e3},
                           {"coordinator_ttft_ms", f.coordinator_ttft_s * 1e3}, {"step_gap_us", f.step_gap_s * 1e6},
+                          {"stream_close_us", f.stream_close_s * 1e6},
                           {"prompts_per_prefill_step", f.prompts_per_prefill_step},
                           {"prefill_extra_us", f.prefill_extra_s * 1e6}, {"rows_per_prefill_step", f.rows_per_prefill_step}};
   };
@@ -481,6 +602,7 @@ nlohmann::json CalibrationJson(const Calibration& c) {
                        {"prefill_row_overhead_us", w.prefill_row_overhead_s * 1e6},
                        {"request_overhead_us", w.request_overhead_s * 1e6},
                        {"token_delivery_curve_us", CurveJson(w.token_delivery_curve_s, 1e6)},
+                       {"stream_close_curve_us", CurveJson(w.stream_close_curve_s, 1e6)},
                        {"probes", probes}});
   }
   return {{"model", c.model},
@@ -530,6 +652,7 @@ nlohmann::json ThisMachineClusterJson(const Calibration& c, const WorkerCountCos
   if (!costs.step_overhead_curve_s.empty()) cluster["step_overhead_curve_ns"] = CurveJson(costs.step_overhead_curve_s, 1e9);
   if (!costs.step_gap_curve_s.empty()) cluster["step_gap_curve_ns"] = CurveJson(costs.step_gap_curve_s, 1e9);
   if (!costs.token_delivery_curve_s.empty()) cluster["token_delivery_curve_ns"] = CurveJson(costs.token_delivery_curve_s, 1e9);
+  if (!costs.stream_close_curve_s.empty()) cluster["stream_close_curve_ns"] = CurveJson(costs.stream_close_curve_s, 1e9);
   if (costs.workers > 1) {
     cluster["shape"] = {{"intra_host_gbps", costs.exchange_bandwidth / 1e9}, {"intra_host_latency_ns", 0}};
   }

@@ -47,11 +47,14 @@ struct KernelPoint {
   double flops_per_s = 0;
 };
 
-// A probe's figures: mean decode time per token, the clients' median TTFT, the coordinator's mean
-// TTFT, and its mean step gap (from a step's results to the next admission; its /metrics keeps each
-// histogram's sum and count). The step gap is measured, not fitted: the simulator takes it as it is.
+// A probe's figures: mean decode time per token, the clients' median (and mean) TTFT, the coordinator's mean
+// TTFT, its mean step gap (from a step's results to the next admission; its /metrics keeps each
+// histogram's sum and count), and the clients' mean stream close (from a finished request's last token
+// to its stream's end, RequestTiming::close_s). The step gap is measured, not fitted: the simulator
+// takes it as it is.
 struct ProbeFigures {
-  double decode_s = 0, client_ttft_p50_s = 0, coordinator_ttft_s = 0, step_gap_s = 0;
+  double decode_s = 0, client_ttft_p50_s = 0, coordinator_ttft_s = 0, step_gap_s = 0, stream_close_s = 0;
+  double client_ttft_mean_s = 0;  // beside the coordinator's mean: the front end's way in and out, on average
   double prompts_per_prefill_step = 0;  // how the new requests coalesce: sequences prefilled / prefill steps
   // What a prefill step costs beyond the others: its mean time less the other steps' (the engine's
   // step histograms), and its prompt rows beyond one per sequence. Diagnostics, like the prompts per
@@ -84,6 +87,7 @@ struct WorkerCountCosts {
   double prefill_step_overhead_s = 0, prefill_row_overhead_s = 0;
   double request_overhead_s = 0;
   std::vector<std::pair<int64_t, double>> token_delivery_curve_s;
+  std::vector<std::pair<int64_t, double>> stream_close_curve_s;  // the cost of one close (ClusterSpec::stream_close_curve)
 };
 
 struct Calibration {
@@ -146,6 +150,12 @@ absl::Status FitServingOverheads(const ModelConfig& config, const sim::ModelShap
 // server cannot start, an exchange fails or mpirun does not report the MPI figures; the cluster's error
 // when a probe cluster does not start or a probe request fails.
 absl::StatusOr<Calibration> CalibrateThisMachine(const CalibrationOptions& options);
+
+// The serving costs fitted again to the probes `calibration_json` (CalibrationJson's output) recorded,
+// with the kernel and exchange figures it recorded: after a change to the simulator or the fit, without
+// measuring again. Each probe's recorded medians stand for its runs. INVALID_ARGUMENT naming a missing
+// or malformed field, or for an unreadable model config.
+absl::StatusOr<Calibration> RefitCalibration(const nlohmann::json& calibration_json, const std::string& model_dir);
 
 // The raw measurements, and the moe-sim cluster file (simulation/serving.h ClusterSpec) of this machine
 // running `costs.workers` workers, one coordinator and one compute thread per worker: a device from the

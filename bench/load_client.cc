@@ -25,10 +25,16 @@ double LoadResult::mean_inter_token_s() const {
   int64_t gaps = 0;
   for (const RequestTiming& r : answered) {
     if (r.output_tokens < 2) continue;
-    decode_s += r.end_to_end_s - r.ttft_s;
+    decode_s += r.last_token_s - r.ttft_s;
     gaps += r.output_tokens - 1;
   }
   return gaps ? decode_s / static_cast<double>(gaps) : 0;
+}
+
+double LoadResult::mean_close_s() const {
+  double sum = 0;
+  for (const RequestTiming& r : answered) sum += r.close_s;
+  return answered.empty() ? 0 : sum / static_cast<double>(answered.size());
 }
 
 std::vector<std::vector<int32_t>> RandomPrompts(int64_t vocab_size, int64_t bos_token_id, int count, int length,
@@ -86,8 +92,11 @@ LoadResult RunClosedLoop(const std::string& address, const std::vector<std::vect
           }
           me.bytes += r.usage().all2all_bytes();
         }
+        timing.last_token_s = std::chrono::duration<double>(last - t0).count();
         timing.end_to_end_s = std::chrono::duration<double>(Clock::now() - t0).count();
-        if (reader->Finish().ok()) me.answered.push_back(timing);
+        const bool ok = reader->Finish().ok();
+        timing.close_s = std::chrono::duration<double>(Clock::now() - last).count();
+        if (ok) me.answered.push_back(timing);
         else ++me.failures;
       }
     });

@@ -14,7 +14,11 @@ namespace moe::bench {
 struct RequestTiming {
   int64_t prompt_tokens = 0, output_tokens = 0;
   double ttft_s = 0;        // send to first token
+  double last_token_s = 0;  // send to the last token
   double end_to_end_s = 0;  // send to the stream's end
+  // From the last token's arrival to Finish's return (the stream's close and its status), after which
+  // a closed-loop client sends its next request.
+  double close_s = 0;
 };
 
 struct LoadResult {
@@ -25,9 +29,10 @@ struct LoadResult {
 
   int64_t tokens() const;
   double tokens_per_s() const { return wall_s > 0 ? static_cast<double>(tokens()) / wall_s : 0; }
-  // Decode time per token: sum over requests of (end_to_end - ttft) / sum of (output_tokens - 1). Unlike
+  // Decode time per token: sum over requests of (last_token - ttft) / sum of (output_tokens - 1). Unlike
   // the gaps' percentiles, it does not depend on how the server groups tokens into messages.
   double mean_inter_token_s() const;
+  double mean_close_s() const;  // over the answered requests (RequestTiming::close_s)
 };
 
 // What each request asks for besides its prompt.

@@ -136,6 +136,7 @@ absl::StatusOr<ClusterSpec> ClusterSpec::FromJson(const std::string& json_text, 
   c.prefill_row_overhead = f.Int("prefill_row_overhead_ns", 0, 0);
   c.request_overhead = f.Int("request_overhead_ns", 0, 0);
   c.token_delivery_curve = f.Curve("token_delivery_curve_ns", 0);
+  c.stream_close_curve = f.Curve("stream_close_curve_ns", 0);
   c.front_end_jitter = f.Bool("front_end_jitter", false);
   c.collective_overhead = f.Int("collective_overhead_ns", 0, 0);
   c.host_cores = static_cast<int>(f.Int("host_cores", 0, 0, 1 << 20));
@@ -356,6 +357,7 @@ class ServingSimulation {
     bool stepping = false;
     Nanos step_start = 0;
     Nanos intake_free = 0;              // when the coordinator can take in the next request
+    Nanos close_free = 0;               // when the front end can close the next finished stream
     Nanos admits_at = 0;                // the next admission: the last step's end + its gap (step_gap_curve)
     std::unique_ptr<FlowStep> flow;     // flow: the step in progress
   };
@@ -410,6 +412,11 @@ class ServingSimulation {
   void Enqueue(int64_t request);  // it reaches its replica's coordinator
   // Closed loop: a client is free; its next request, if any is left, arrives `after` from now.
   void SendNextClientRequest(Nanos after = 0);
+  // A finished request's last token reached its client (now): its stream waits for the replica's front
+  // end to close it, `cost` (stream_close_curve), after the closes already queued.
+  void CloseStream(Replica& r, Nanos cost, Nanos arrival);
+  // The stream has closed (now); the closed-loop client sends its next request.
+  void FinishStream(Nanos delivered, Nanos arrival);
   Nanos FrontEndDelay(Nanos mean);  // mean, or an exponential draw of it (ClusterSpec::front_end_jitter)
   void MaybeStartStep(Replica& r);
   void BeginStep(Replica& r);
@@ -588,6 +595,19 @@ absl::Status ServingSimulation::Setup() {
 Nanos ServingSimulation::FrontEndDelay(Nanos mean) {
   if (!cluster_.front_end_jitter || mean == 0) return mean;
   return static_cast<Nanos>(-std::log(1 - front_end_rng_.NextUniform()) * static_cast<double>(mean));
+}
+
+void ServingSimulation::CloseStream(Replica& r, Nanos cost, Nanos arrival) {
+  const Nanos delivered = sim_.now();
+  r.close_free = std::max(r.close_free, delivered) + FrontEndDelay(cost);
+  sim_.After(r.close_free - delivered, [this, delivered, arrival] { FinishStream(delivered, arrival); });
+}
+
+void ServingSimulation::FinishStream(Nanos delivered, Nanos arrival) {
+  report_.stream_close.Add(sim_.now() - delivered);
+  report_.end_to_end.Add(sim_.now() - arrival);
+  ++report_.completed;
+  SendNextClientRequest();
 }
 
 void ServingSimulation::SendNextClientRequest(Nanos after) {
@@ -1019,6 +1039,7 @@ void ServingSimulation::EndStep(Replica& r, std::vector<WorkerBatch> batches) {
   const int64_t sequences = SequencesIn(batches);
   const Nanos mean_delivery = cluster_.TokenDelivery(sequences);
   r.admits_at = now + cluster_.StepGap(sequences);
+  std::vector<std::pair<Nanos, Nanos>> finished;  // (last token at the client, the request's arrival)
   for (auto it = r.running.begin(); it != r.running.end();) {
     Sequence& s = it->second;
     const Nanos delivered = std::max(s.last_token, now + FrontEndDelay(mean_delivery));  // at the client
@@ -1037,10 +1058,18 @@ void ServingSimulation::EndStep(Replica& r, std::vector<WorkerBatch> batches) {
       ++it;
       continue;
     }
-    report_.end_to_end.Add(delivered - s.arrival);
-    ++report_.completed;
+    finished.emplace_back(delivered, s.arrival);
     it = r.running.erase(it);
-    SendNextClientRequest(delivered - now);  // when the client has its last token
+  }
+  // Each finished stream closes after its last token reaches its client (stream_close_curve), in the
+  // order the last tokens arrive.
+  const Nanos close_cost = cluster_.StreamClose(sequences);
+  for (const auto& [delivered, arrival] : finished) {
+    if (close_cost > 0) {
+      sim_.After(delivered - now, [this, &r, close_cost, arrival] { CloseStream(r, close_cost, arrival); });
+    } else {
+      sim_.After(delivered - now, [this, delivered, arrival] { FinishStream(delivered, arrival); });
+    }
   }
   r.stepping = false;
   if (!r.running.empty() || !r.queue.empty()) MaybeStartStep(r);

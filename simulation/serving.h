@@ -74,6 +74,11 @@ struct ClusterSpec {
   // per step). A closed-loop client sends its next request when its last token arrives. Latency only:
   // the next step does not wait for it. Empty: tokens arrive with the step.
   std::vector<std::pair<int64_t, double>> token_delivery_curve;
+  // (sequences in the step, ns): a finished stream's end. After a request's last token reaches its
+  // client, the front end closes the stream (the status); a replica's streams close one at a time, each
+  // taking this long (the answers of a wave of closed-loop clients end together and their closes queue),
+  // and a closed-loop client sends its next request when its stream has closed. Empty: at once.
+  std::vector<std::pair<int64_t, double>> stream_close_curve;
   // The intake's and the delivery's delays: exponential draws of those means (threads sharing a host's
   // cores run when the scheduler lets them; without the jitter, closed-loop clients march in lockstep),
   // or, when false, exactly the means.
@@ -104,6 +109,8 @@ struct ClusterSpec {
   Nanos StepGap(int64_t sequences) const { return static_cast<Nanos>(Interpolate(step_gap_curve, sequences)); }
   // The mean delay before a token produced by a step over `sequences` sequences reaches its client.
   Nanos TokenDelivery(int64_t sequences) const { return static_cast<Nanos>(Interpolate(token_delivery_curve, sequences)); }
+  // The time one stream's close takes after a step over `sequences` sequences (stream_close_curve).
+  Nanos StreamClose(int64_t sequences) const { return static_cast<Nanos>(Interpolate(stream_close_curve, sequences)); }
   // The share of its device each of `busy_workers` workers computing at once gets (host_cores).
   double CoreShare(int busy_workers) const {
     return host_cores > 0 && busy_workers > host_cores ? static_cast<double>(host_cores) / busy_workers : 1.0;
@@ -150,7 +157,10 @@ struct SimReport {
   int64_t tokens = 0;
   double makespan_s = 0;  // first arrival to last token
   double tokens_per_s = 0, requests_per_s = 0;
-  LatencyHistogram ttft, inter_token, end_to_end;  // as the clients see them (from the send, to the delivery)
+  // As the clients see them: from the send to the first token's delivery, between deliveries, and from
+  // the send to the stream's close (stream_close_curve).
+  LatencyHistogram ttft, inter_token, end_to_end;
+  LatencyHistogram stream_close;  // from a finished request's last token at its client to its stream's close
   // The coordinator's own TTFT: from the request reaching its queue to the step that produced the first
   // token (what the live coordinator's moe_time_to_first_token_seconds measures).
   LatencyHistogram coordinator_ttft;

@@ -174,6 +174,31 @@ TEST_P(BothFidelities, FrontEndJitterDrawsTheDelaysAroundTheirMeans) {
   EXPECT_LT(report->makespan_s, 200 * (4497 + 500 + 750) * 1e-9 * 1.15);
 }
 
+// A finished stream closes stream_close_curve after its last token, a replica's closes one at a time,
+// and a closed-loop client sends its next request when its stream has closed. One client, two requests
+// in turn: the second is sent 500 ns after the first's last token (4497), so the last token comes at
+// 4497 + 500 + 4497. Three clients whose answers end in the same step: their streams close 500, 1000
+// and 1500 ns after it.
+TEST_P(BothFidelities, StreamsCloseOneAtATimeBeforeTheClientsNextRequest) {
+  Case in_turn(4, 2, 1, GetParam());
+  in_turn.cluster.stream_close_curve = {{1, 500}};
+  in_turn.workload.requests = 2;
+  auto report = in_turn.Run();
+  ASSERT_THAT(report.status(), IsOk());
+  EXPECT_NEAR(report->makespan_s, (4497 + 500 + 4497) * 1e-9, 1e-15);
+  EXPECT_NEAR(report->stream_close.MeanSeconds(), 500e-9, 1e-15);
+  EXPECT_NEAR(report->end_to_end.Percentile(1), (4497 + 500) * 1e-9, (4497 + 500) * 1e-9 * 0.011);
+
+  Case together(4, 2, 1, GetParam());
+  together.cluster.stream_close_curve = {{1, 500}};
+  together.workload.concurrency = together.workload.requests = 3;
+  report = together.Run();
+  ASSERT_THAT(report.status(), IsOk());
+  EXPECT_NEAR(report->stream_close.MeanSeconds(), 1000e-9, 1e-15);
+  EXPECT_NEAR(report->stream_close.Percentile(0), 500e-9, 500e-9 * 0.011);
+  EXPECT_NEAR(report->stream_close.Percentile(1), 1500e-9, 1500e-9 * 0.011);
+}
+
 // A measured step-overhead curve replaces step_overhead + sequence_overhead x sequences: at one
 // sequence per step it is 1000 + 200 ns (between its points at 0 and 2), not the 1000 of the fixture.
 TEST_P(BothFidelities, StepOverheadCurveReplacesTheLinearCost) {
@@ -374,6 +399,7 @@ TEST(ServingTest, BadClusterConfigsNameTheField) {
       {R"({"device": "H100", "device_hour_cost": "cheap"})", "c.json.device_hour_cost must be a number"},
       {R"({"device": "H100", "token_delivery_curve_ns": [[1, 5], [1, 6]]})", "c.json.token_delivery_curve_ns[1] must be [x, y]"},
       {R"({"device": "H100", "token_delivery_curve_ns": [[1, -5]]})", "c.json.token_delivery_curve_ns[0] must be [x, y]"},
+      {R"({"device": "H100", "stream_close_curve_ns": [[1, -5]]})", "c.json.stream_close_curve_ns[0] must be [x, y]"},
       {R"({"device": "H100", "step_overhead_curve_ns": 7})", "c.json.step_overhead_curve_ns must be a non-empty list"},
       {R"({"device": "H100", "step_gap_curve_ns": [[2, 5], [1, 6]]})", "c.json.step_gap_curve_ns[1] must be [x, y]"},
       {R"({"device": "H100", "step_overhead_curve_ns": [[1, 5]], "step_overhead_ns": 3})",
