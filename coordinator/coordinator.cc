@@ -199,6 +199,7 @@ absl::Status Coordinator::Reconfigure() {
   while (true) {
     std::vector<int> slots;
     std::vector<std::shared_ptr<v1::Worker::Stub>> stubs;
+    std::vector<std::string> addresses;  // by rank
     v1::ShardMapProto proto;
     google::protobuf::RepeatedPtrField<v1::ExpertMapRef> map_refs;
     google::protobuf::RepeatedPtrField<v1::LayerRouterRef> router_refs;
@@ -228,6 +229,7 @@ absl::Status Coordinator::Reconfigure() {
       MOE_ASSIGN_OR_RETURN(map, PlaceExperts(config_, static_cast<int>(slots.size()), options_.expert_load,
                                              options_.placement, shard_map_.epoch + 1));
       for (int slot : slots) map.worker_addresses.push_back(workers_[slot].address);
+      addresses = map.worker_addresses;
       PlaceExpertMaps(&map);
       shard_map_.epoch = map.epoch;  // an epoch is never reused, even when this round fails
       ShardMapToProto(map, &proto);
@@ -247,6 +249,8 @@ absl::Status Coordinator::Reconfigure() {
       MOE_ASSIGN_OR_RETURN(communicator_id, options_.make_communicator_id());
     }
     std::vector<grpc::Status> status(stubs.size());
+    // A stub on a new channel that reached a worker the old channel could not (see below).
+    std::vector<std::shared_ptr<v1::Worker::Stub>> reconnected(stubs.size());
     std::vector<std::thread> threads;
     for (size_t rank = 0; rank < stubs.size(); ++rank) {
       threads.emplace_back([&, rank] {
@@ -256,25 +260,37 @@ absl::Status Coordinator::Reconfigure() {
         *req.mutable_expert_maps() = map_refs;
         *req.mutable_layer_routers() = router_refs;
         req.set_communicator_id(communicator_id);
-        // A call that could not connect is tried again, 100 ms apart: a worker that has just registered
-        // refused its first connection once on this 2-core machine (a loaded 4-rank MPI start, where
-        // that is fatal). A call that reached the worker is not repeated; a dead worker fails every try.
+        // A call that could not connect is tried again, 100 ms more apart each time, each on a new
+        // channel: a worker that has just registered refused its first connection once on this 2-core
+        // machine (a loaded 4-rank MPI start, where that is fatal), and a live worker's channel failed
+        // to connect once under CI's load ("No such file or directory"); a channel that failed to connect
+        // fails its next calls at once for its reconnect backoff (1 s and more), so a retry on it proves
+        // nothing. A call that reached the worker is not repeated; a dead worker fails every try.
         constexpr int kConnectTries = 5;
+        std::shared_ptr<v1::Worker::Stub> stub = stubs[rank];
         for (int attempt = 1;; ++attempt) {
           grpc::ClientContext ctx;
           ctx.set_deadline(DeadlineAfter(std::chrono::minutes(5)));
           v1::LoadShardResponse resp;
-          status[rank] = stubs[rank]->LoadShard(&ctx, req, &resp);
+          status[rank] = stub->LoadShard(&ctx, req, &resp);
           // gRPC's own words for a call that never reached the server.
           const bool not_connected = status[rank].error_code() == grpc::StatusCode::UNAVAILABLE &&
                                      absl::StrContains(status[rank].error_message(), "failed to connect");
           if (!not_connected || attempt == kConnectTries) break;
-          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+          stub = v1::Worker::NewStub(grpc::CreateCustomChannel(addresses[rank], grpc::InsecureChannelCredentials(),
+                                                               InternalChannelArguments()));
         }
+        if (status[rank].ok() && stub != stubs[rank]) reconnected[rank] = std::move(stub);
       });
     }
     for (auto& t : threads) t.join();
     absl::MutexLock lock(&mutex_);
+    // The worker's later calls (steps, heartbeats' checks) go over the channel that reached it, unless it
+    // registered again meanwhile.
+    for (size_t rank = 0; rank < stubs.size(); ++rank) {
+      if (reconnected[rank] && workers_[slots[rank]].stub == stubs[rank]) workers_[slots[rank]].stub = reconnected[rank];
+    }
     bool all_loaded = true;
     for (size_t rank = 0; rank < stubs.size(); ++rank) {
       if (status[rank].ok()) continue;

@@ -1,6 +1,9 @@
 // System tests of the cluster as real processes: cluster/run-local starts moe-coordinator and N
 // moe-worker processes on loopback; clients talk to it over gRPC like any user would.
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <functional>
@@ -19,6 +22,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "moe/v1/cluster.grpc.pb.h"
 #include "moe/v1/inference.grpc.pb.h"
 #include "proto/grpc_util.h"
 #include "cluster/local_cluster.h"
@@ -305,6 +309,83 @@ TEST(ClusterFaultTest, KillNineOfAWorkerWhileTwentyRequestsStreamLosesNothingAnd
 
 // Under mpirun membership is fixed: a dead rank ends the job, and every client gets an error within
 // seconds instead of hanging.
+// A loopback port nothing listens on (bound to port 0, read back, released).
+int UnusedLoopbackPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(addr);
+  int port = 0;
+  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  if (fd >= 0) ::close(fd);
+  return port;
+}
+
+// A worker that registers before its port listens (a freshly started worker refused the coordinator's
+// first connection once on this machine under CI's load, and was declared dead): the coordinator's
+// LoadShard tries again, 100 to 400 ms apart, each time on a new channel, and reaches it once it
+// listens. (The same channel fails every call at once for gRPC's reconnect backoff, 1 s and more, after
+// one refused connection: tried on it, the five tries 100 ms apart all failed.) The worker here is a
+// bare Worker service that starts listening 250 ms after registering: the fault injected, not a wait.
+TEST(ClusterFaultTest, AWorkerThatRefusesTheFirstConnectionsIsPlacedOnceItListens) {
+  class LateWorker : public v1::Worker::Service {
+   public:
+    grpc::Status LoadShard(grpc::ServerContext*, const v1::LoadShardRequest*, v1::LoadShardResponse*) override {
+      absl::MutexLock lock(&mutex);
+      ++loads;
+      return grpc::Status::OK;
+    }
+    absl::Mutex mutex;
+    int loads ABSL_GUARDED_BY(mutex) = 0;
+  };
+  CoordinatorServerOptions co;
+  co.coordinator.model_dir = ModelDir();
+  co.coordinator.num_workers = 1;
+  co.coordinator.heartbeat_timeout = std::chrono::minutes(1);  // the bare worker does not heartbeat
+  co.metrics_port = -1;
+  std::atomic<bool> stop_coordinator{false};
+  std::promise<std::string> control_plane;
+  std::thread coordinator([&] {
+    RunCoordinator(co, stop_coordinator, [&](const std::string& a) { control_plane.set_value(a); });
+  });
+  auto stop = absl::MakeCleanup([&] {
+    stop_coordinator = true;
+    coordinator.join();
+  });
+  auto address = control_plane.get_future();
+  ASSERT_EQ(address.wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  const int port = UnusedLoopbackPort();
+  ASSERT_GT(port, 0);
+  const std::string worker_address = absl::StrCat("127.0.0.1:", port);
+
+  auto control = v1::Coordinator::NewStub(grpc::CreateChannel(address.get(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineAfter(std::chrono::seconds(10)));
+  v1::RegisterRequest registration;
+  registration.set_address(worker_address);
+  v1::RegisterResponse registered;
+  ASSERT_TRUE(control->Register(&ctx, registration, &registered).ok());
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));  // the fault: not listening yet
+  LateWorker worker;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(worker_address, grpc::InsecureServerCredentials());
+  builder.RegisterService(&worker);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  {
+    absl::MutexLock lock(&worker.mutex);
+    EXPECT_TRUE(worker.mutex.AwaitWithTimeout(absl::Condition(+[](int* n) { return *n >= 1; }, &worker.loads),
+                                              absl::Seconds(10)))
+        << "the coordinator gave up on a worker that listens 250 ms after registering";
+  }
+  server->Shutdown(DeadlineAfter(std::chrono::seconds(1)));
+}
+
 TEST(ClusterFaultTest, UnderMpirunADeadRankGivesEveryClientAnErrorWithinSeconds) {
   constexpr int kClients = 6;
   MOE_ASSERT_OK_AND_ASSIGN(auto cluster, LocalCluster::Start(ModelDir(), 2, {}, std::chrono::seconds(120), {}, "run-mpi"));
