@@ -415,8 +415,8 @@ class ServingSimulation {
   // A finished request's last token reached its client (now): its stream waits for the replica's front
   // end to close it, `cost` (stream_close_curve), after the closes already queued.
   void CloseStream(Replica& r, Nanos cost, Nanos arrival);
-  // The stream has closed (now); the closed-loop client sends its next request.
-  void FinishStream(Nanos delivered, Nanos arrival);
+  // The stream ends at `closed` (now or later); the closed-loop client then sends its next request.
+  void FinishStream(Nanos delivered, Nanos closed, Nanos arrival);
   Nanos FrontEndDelay(Nanos mean);  // mean, or an exponential draw of it (ClusterSpec::front_end_jitter)
   void MaybeStartStep(Replica& r);
   void BeginStep(Replica& r);
@@ -600,14 +600,14 @@ Nanos ServingSimulation::FrontEndDelay(Nanos mean) {
 void ServingSimulation::CloseStream(Replica& r, Nanos cost, Nanos arrival) {
   const Nanos delivered = sim_.now();
   r.close_free = std::max(r.close_free, delivered) + FrontEndDelay(cost);
-  sim_.After(r.close_free - delivered, [this, delivered, arrival] { FinishStream(delivered, arrival); });
+  FinishStream(delivered, r.close_free, arrival);
 }
 
-void ServingSimulation::FinishStream(Nanos delivered, Nanos arrival) {
-  report_.stream_close.Add(sim_.now() - delivered);
-  report_.end_to_end.Add(sim_.now() - arrival);
+void ServingSimulation::FinishStream(Nanos delivered, Nanos closed, Nanos arrival) {
+  report_.stream_close.Add(closed - delivered);
+  report_.end_to_end.Add(closed - arrival);
   ++report_.completed;
-  SendNextClientRequest();
+  SendNextClientRequest(closed - sim_.now());
 }
 
 void ServingSimulation::SendNextClientRequest(Nanos after) {
@@ -1062,13 +1062,14 @@ void ServingSimulation::EndStep(Replica& r, std::vector<WorkerBatch> batches) {
     it = r.running.erase(it);
   }
   // Each finished stream closes after its last token reaches its client (stream_close_curve), in the
-  // order the last tokens arrive.
+  // order the last tokens arrive (without a close cost, at once: the clients' next requests in that order).
+  std::stable_sort(finished.begin(), finished.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   const Nanos close_cost = cluster_.StreamClose(sequences);
   for (const auto& [delivered, arrival] : finished) {
     if (close_cost > 0) {
       sim_.After(delivered - now, [this, &r, close_cost, arrival] { CloseStream(r, close_cost, arrival); });
     } else {
-      sim_.After(delivered - now, [this, delivered, arrival] { FinishStream(delivered, arrival); });
+      FinishStream(delivered, delivered, arrival);
     }
   }
   r.stepping = false;
