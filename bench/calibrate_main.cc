@@ -28,11 +28,11 @@ ABSL_FLAG(int32_t, repeats, moe::bench::CalibrationOptions{}.repeats, "samples p
 ABSL_FLAG(bool, mpi, true, "also probe the MPI clusters (cluster/run-mpi) of 2+ workers and measure the MPI backend");
 ABSL_FLAG(int32_t, probe_starts, moe::bench::CalibrationOptions{}.probe_starts,
           "fresh starts of each probed cluster (the figures vary from start to start)");
+ABSL_FLAG(int32_t, probe_runs, moe::bench::CalibrationOptions{}.probe_runs,
+          "closed-loop runs of each live probe per start (the medians over all starts' runs are kept)");
 ABSL_FLAG(std::string, refit, "",
           "a calibration.json: fit the serving costs again to the probes it recorded, measuring nothing (after a "
           "change to the simulator or the fit)");
-ABSL_FLAG(int32_t, probe_runs, moe::bench::CalibrationOptions{}.probe_runs,
-          "closed-loop runs of each live probe per start (the medians over all starts' runs are kept)");
 
 namespace {
 using moe::Fail;

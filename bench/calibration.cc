@@ -1,10 +1,9 @@
 #include "bench/calibration.h"
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
 #include <barrier>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
@@ -204,7 +203,7 @@ absl::Status ProbeCluster(const LocalCluster& live, const ModelConfig& config, i
       ProbeFigures& f = probe.runs.emplace_back();
       f.decode_s = load.mean_inter_token_s();
       f.client_ttft_p50_s = Quantile(ttft, 0.5);
-      f.client_ttft_mean_s = ttft.empty() ? 0 : std::accumulate(ttft.begin(), ttft.end(), 0.0) / static_cast<double>(ttft.size());
+      f.client_ttft_mean_s = load.mean_ttft_s();
       f.coordinator_ttft_s = (after.ttft_sum - before.ttft_sum) / (after.ttft_count - before.ttft_count);
       f.stream_close_s = load.mean_close_s();
       // Every probe answers several tokens a request, so steps follow steps; a run without one measures no gap.

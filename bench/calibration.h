@@ -12,17 +12,19 @@
 //   - the serving stack's own software cost, which neither of those covers, from probes of a real local
 //     cluster of N workers per backend: 1, 2, 4, 8, 16 and 32 clients, each sending one short request at a
 //     time, each load run several times on each of several starts of the cluster (medians). Per probe:
-//     the clients' decode time per token and median TTFT, and the coordinator's own mean TTFT (request
-//     arrival to first token) and mean step gap (from a step's results to the next admission), both
-//     from its /metrics. The step gap goes into the simulator as measured; its other software costs
+//     the clients' decode time per token, their median and mean TTFT and mean stream close (last token
+//     to the stream's end), and the coordinator's own mean TTFT (request arrival to first token) and
+//     mean step gap (from a step's results to the next admission), both from its /metrics. The step gap goes into the simulator as measured; its other software costs
 //     are adjusted until it reproduces every probe (fixed-point rounds):
 //       - the step's cost by sequences in it (a curve, one point per probe), from the decode times;
 //       - the prefill's cost per step and per prompt row after the first, from the coordinator TTFT of
 //         the one-client and the 32-client probes;
-//       - the front end (the clients' TTFT beyond the coordinator's): the coordinator's intake, half of
-//         the one-client figure (the other half is the way back; a hand trace of the one-worker probe
-//         measured 0.21 ms in and 0.19 ms out), and the token's way back, a line in the streams in
-//         flight fitted through all the probes.
+//       - the front end (the clients' TTFT beyond the coordinator's): the coordinator's intake and the
+//         token's way back at one stream, each half of the one-client mean (a hand trace of the
+//         one-worker probe measured 0.21 ms in and 0.19 ms out), and the way back's growth with the
+//         streams in flight, fitted through all the probes;
+//       - the stream close (one close at a time per replica), a line in the streams, from the clients'
+//         mean closes.
 #ifndef MOE_BENCH_CALIBRATION_H_
 #define MOE_BENCH_CALIBRATION_H_
 

@@ -31,11 +31,16 @@ double LoadResult::mean_inter_token_s() const {
   return gaps ? decode_s / static_cast<double>(gaps) : 0;
 }
 
-double LoadResult::mean_close_s() const {
+namespace {
+double MeanOver(const std::vector<RequestTiming>& answered, double RequestTiming::*figure) {
   double sum = 0;
-  for (const RequestTiming& r : answered) sum += r.close_s;
+  for (const RequestTiming& r : answered) sum += r.*figure;
   return answered.empty() ? 0 : sum / static_cast<double>(answered.size());
 }
+}  // namespace
+
+double LoadResult::mean_ttft_s() const { return MeanOver(answered, &RequestTiming::ttft_s); }
+double LoadResult::mean_close_s() const { return MeanOver(answered, &RequestTiming::close_s); }
 
 std::vector<std::vector<int32_t>> RandomPrompts(int64_t vocab_size, int64_t bos_token_id, int count, int length,
                                                 uint32_t seed) {

@@ -32,6 +32,7 @@ struct LoadResult {
   // Decode time per token: sum over requests of (last_token - ttft) / sum of (output_tokens - 1). Unlike
   // the gaps' percentiles, it does not depend on how the server groups tokens into messages.
   double mean_inter_token_s() const;
+  double mean_ttft_s() const;   // over the answered requests
   double mean_close_s() const;  // over the answered requests (RequestTiming::close_s)
 };
 

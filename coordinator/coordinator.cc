@@ -199,7 +199,6 @@ absl::Status Coordinator::Reconfigure() {
   while (true) {
     std::vector<int> slots;
     std::vector<std::shared_ptr<v1::Worker::Stub>> stubs;
-    std::vector<std::string> addresses;  // by rank
     v1::ShardMapProto proto;
     google::protobuf::RepeatedPtrField<v1::ExpertMapRef> map_refs;
     google::protobuf::RepeatedPtrField<v1::LayerRouterRef> router_refs;
@@ -229,7 +228,6 @@ absl::Status Coordinator::Reconfigure() {
       MOE_ASSIGN_OR_RETURN(map, PlaceExperts(config_, static_cast<int>(slots.size()), options_.expert_load,
                                              options_.placement, shard_map_.epoch + 1));
       for (int slot : slots) map.worker_addresses.push_back(workers_[slot].address);
-      addresses = map.worker_addresses;
       PlaceExpertMaps(&map);
       shard_map_.epoch = map.epoch;  // an epoch is never reused, even when this round fails
       ShardMapToProto(map, &proto);
@@ -278,8 +276,8 @@ absl::Status Coordinator::Reconfigure() {
                                      absl::StrContains(status[rank].error_message(), "failed to connect");
           if (!not_connected || attempt == kConnectTries) break;
           std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
-          stub = v1::Worker::NewStub(grpc::CreateCustomChannel(addresses[rank], grpc::InsecureChannelCredentials(),
-                                                               InternalChannelArguments()));
+          stub = v1::Worker::NewStub(grpc::CreateCustomChannel(
+              map.worker_addresses[rank], grpc::InsecureChannelCredentials(), InternalChannelArguments()));
         }
         if (status[rank].ok() && stub != stubs[rank]) reconnected[rank] = std::move(stub);
       });
