@@ -71,17 +71,17 @@ struct ClusterSpec {
   // (sequences in the step, ns): the front end's way back. Each token reaches its client this long
   // after the step that produced it, in order within its stream; the curve's growth with the streams in
   // flight is the front end's load (every running stream's handler and client wake, write and read once
-  // per step). A closed-loop client sends its next request when its last token arrives. Latency only:
-  // the next step does not wait for it. Empty: tokens arrive with the step.
+  // per step). Latency only: the next step does not wait for it; a closed-loop client's next request
+  // waits for its last token and its stream's close (below). Empty: tokens arrive with the step.
   std::vector<std::pair<int64_t, double>> token_delivery_curve;
   // (sequences in the step, ns): a finished stream's end. After a request's last token reaches its
   // client, the front end closes the stream (the status); a replica's streams close one at a time, each
   // taking this long (the answers of a wave of closed-loop clients end together and their closes queue),
   // and a closed-loop client sends its next request when its stream has closed. Empty: at once.
   std::vector<std::pair<int64_t, double>> stream_close_curve;
-  // The intake's and the delivery's delays: exponential draws of those means (threads sharing a host's
-  // cores run when the scheduler lets them; without the jitter, closed-loop clients march in lockstep),
-  // or, when false, exactly the means.
+  // The intake's, the delivery's and the close's delays: exponential draws of those means (threads
+  // sharing a host's cores run when the scheduler lets them; without the jitter, closed-loop clients
+  // march in lockstep), or, when false, exactly the means.
   bool front_end_jitter = false;
   Nanos collective_overhead = 0;  // software cost of one all-to-all on every worker (dispatch or combine)
   // CPU workers sharing a host: the cores one replica's workers share, each worker computing on one
