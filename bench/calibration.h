@@ -115,7 +115,7 @@ struct CalibrationOptions {
 };
 
 // One run of a probe's closed loop against the cluster at `address`: `concurrency` clients, max(12,
-// 4 x concurrency) requests of the same 12-token prompts every time, kProbeMaxTokens tokens each.
+// 8 x concurrency) requests of the same 12-token prompts every time, kProbeMaxTokens tokens each.
 inline constexpr int kProbeMaxTokens = 32;
 LoadResult RunProbeLoad(const std::string& address, const ModelConfig& config, int concurrency);
 

@@ -20,12 +20,15 @@
 // this shared machine a figure moves by 10-50% between two starts of the same cluster. With
 // --calibrate_on_starts the calibration's probes run on those same starts (before the validation
 // runs), and the kernel and exchange are measured right before: the comparison then holds the
-// simulator's own error, not the machine's drift between a calibration and a validation.
+// simulator's own error, not the machine's drift between a calibration and a validation. Each such
+// calibration is kept in --calibration's on-starts/<cluster name>/ (calibration.json and the cluster
+// file), for moe-calibrate --refit.
 // Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, or failed requests.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 
@@ -142,6 +145,21 @@ std::optional<double> CalibrationProbeDecode(const nlohmann::json& calibration, 
     }
   }
   return std::nullopt;
+}
+
+// --calibrate_on_starts: one cluster's calibration, as moe-calibrate writes it (calibration.json and the
+// cluster file), into `dir`.
+absl::Status WriteCalibration(const fs::path& dir, const nlohmann::json& calibration, const std::string& cluster_name,
+                              const nlohmann::json& cluster) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError("cannot create " + dir.string() + ": " + ec.message());
+  for (const auto& [name, json] : {std::pair{std::string("calibration"), &calibration}, std::pair{cluster_name, &cluster}}) {
+    std::ofstream out(dir / (name + ".json"));
+    out << json->dump(1) << "\n";
+    if (!out) return absl::InternalError("cannot write " + (dir / (name + ".json")).string());
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -277,8 +295,15 @@ int main(int argc, char** argv) {
         if (absl::Status fitted = moe::bench::FitServingOverheads(*config, shape, *made, probes, &costs); !fitted.ok()) {
           return Fail(fitted.ToString());
         }
-        cluster = moe::sim::ClusterSpec::FromJson(moe::bench::ThisMachineClusterJson(*made, costs).dump(), cluster_name, "");
+        const nlohmann::json cluster_json = moe::bench::ThisMachineClusterJson(*made, costs);
+        cluster = moe::sim::ClusterSpec::FromJson(cluster_json.dump(), cluster_name, "");
         if (!cluster.ok()) return Fail(cluster.status().ToString());
+        // Kept for moe-calibrate --refit and moe-sim: the same probes, fitted again by a later simulator.
+        const fs::path kept = calibration_dir / "on-starts" / cluster_name;
+        if (absl::Status written = WriteCalibration(kept, moe::bench::CalibrationJson(*made), cluster_name, cluster_json);
+            !written.ok()) {
+          return Fail(written.ToString());
+        }
       }
       const std::optional<double> then = CalibrationProbeDecode(calibration, workers, backend, kDriftProbeClients);
       if (then) {
