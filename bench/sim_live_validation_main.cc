@@ -16,6 +16,7 @@
 //       [--expert-map DIR (default: moe-prune's add-uncurl-p2 for the model, made once under --calibration)]
 //       [--workers 1,2,4] [--backends grpc,mpi] [--requests 128] [--concurrency 12] [--prompt-len 12]
 //       [--max-tokens 16] [--starts 4] [--repeats 2] [--calibrate_on_starts]
+//   build/bin/moe-bench-sim-live --model models/tiny-moe --calibration DIR --replay
 // Each live figure is the median of --repeats runs on each of --starts fresh starts of the cluster: on
 // this shared machine a figure moves by 10-50% between two starts of the same cluster. With
 // --calibrate_on_starts the calibration's probes run on those same starts (before the validation
@@ -23,7 +24,12 @@
 // simulator's own error, not the machine's drift between a calibration and a validation. Each such
 // calibration is kept in --calibration's on-starts/<cluster name>/ (calibration.json and the cluster
 // file), for moe-calibrate --refit.
-// Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, or failed requests.
+// Every validation records its setups, live figures and calibrations in --calibration's validation.json;
+// --replay runs nothing live and simulates them again with this build, each calibration fitted again
+// from its recorded probes: a change to the simulator or the fit compared on the same measurements,
+// free of this machine's drift and noise.
+// Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, failed
+// requests, or (--replay) a missing or malformed validation.json or calibration.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -41,6 +47,7 @@
 #include "cluster/local_cluster.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "router/expert_map.h"
 
 ABSL_FLAG(std::string, model, "models/tiny-moe", "checkpoint directory");
@@ -61,6 +68,9 @@ ABSL_FLAG(int32_t, starts, 4,
           "fresh starts of the live cluster per configuration; the odd and even starts' medians are also compared "
           "with each other (the noise floor)");
 ABSL_FLAG(int32_t, repeats, 2, "live runs per start; each live figure is the median of all the starts' runs");
+ABSL_FLAG(bool, replay, false,
+          "run nothing live: simulate again the setups a validation recorded in --calibration's validation.json, each "
+          "on its calibration fitted again by this build (moe-calibrate --refit), against the live figures it recorded");
 ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
 
 namespace {
@@ -98,6 +108,44 @@ Figures Predicted(const moe::sim::SimReport& r) {
   return {r.tokens_per_s, r.ttft.Percentile(0.5), r.ttft.Percentile(0.9), r.inter_token.MeanSeconds(),
           r.tokens ? r.all2all_bytes / static_cast<double>(r.tokens) : 0};
 }
+
+// One compared setup: a cluster shape, the full model or the map, live and simulated.
+struct SetupResult {
+  int workers = 0;
+  std::string backend;  // BackendName
+  bool with_map = false;
+  Figures live, predicted;
+  std::string calibration;  // the calibration.json it was simulated from, relative to --calibration
+};
+
+// Prints `r`'s table row and adds its four errors to `errors` (by backend).
+void PrintRow(const SetupResult& r, const std::string& map_name, std::map<std::string, std::vector<double>>* errors) {
+  auto err = [&](double predicted, double measured) {
+    const double e = measured > 0 ? (predicted - measured) / measured : 0;
+    (*errors)[r.backend].push_back(std::abs(e));
+    return absl::StrFormat("%+.0f%%", 100 * e);
+  };
+  const Figures &p = r.predicted, &m = r.live;
+  std::cout << absl::StrFormat("| %d worker%s%s, %s | %.0f | %.0f | %s | %.2f | %.2f | %s | %.2f | %.2f | %s | %.2f | %.2f | %s | %.2f | %.2f |\n",
+                               r.workers, r.workers > 1 ? "s" : "", r.backend == "mpi" ? " (MPI)" : "",
+                               r.with_map ? map_name : "full model", p.tokens_per_s, m.tokens_per_s, err(p.tokens_per_s, m.tokens_per_s),
+                               p.ttft_p50_s * 1e3, m.ttft_p50_s * 1e3, err(p.ttft_p50_s, m.ttft_p50_s), p.ttft_p90_s * 1e3,
+                               m.ttft_p90_s * 1e3, err(p.ttft_p90_s, m.ttft_p90_s), p.inter_token_s * 1e3, m.inter_token_s * 1e3,
+                               err(p.inter_token_s, m.inter_token_s), p.all2all_bytes_per_token / 1e3, m.all2all_bytes_per_token / 1e3)
+            << std::flush;
+}
+
+void PrintErrorSummary(const std::map<std::string, std::vector<double>>& errors) {
+  for (const auto& [backend, e] : errors) {
+    std::cout << absl::StrFormat("%s clusters, absolute error over %d figures: median %.0f%%, worst %.0f%% (targets: 10%%, 25%%)\n",
+                                 backend == "mpi" ? "MPI" : "gRPC", e.size(), 100 * Quantile(e, 0.5), 100 * Quantile(e, 1.0));
+  }
+}
+
+constexpr const char* kTableHeader =
+    "| setup | tokens/s sim | live | err | TTFT p50 ms sim | live | err | TTFT p90 ms sim | live | err | "
+    "ms/token sim | live | err | all2all KB/token sim | live |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 // The map moe-prune makes for the model: the add task, UNCURL, half the experts; from the committed dev
 // split (the train split is regenerated by tools/make_tasks.py, so a fresh clone has none).
@@ -162,6 +210,96 @@ absl::Status WriteCalibration(const fs::path& dir, const nlohmann::json& calibra
   return absl::OkStatus();
 }
 
+nlohmann::json FiguresJson(const Figures& f) {
+  return {{"tokens_per_s", f.tokens_per_s}, {"ttft_p50_s", f.ttft_p50_s}, {"ttft_p90_s", f.ttft_p90_s},
+          {"inter_token_s", f.inter_token_s}, {"all2all_bytes_per_token", f.all2all_bytes_per_token}};
+}
+
+// --replay: the recorded setups simulated by this build. The workload is the recorded one (the same
+// prompts: RandomPrompts is seeded), each calibration is fitted again from the probes it recorded.
+// INVALID_ARGUMENT naming a missing or malformed field of validation.json.
+absl::Status Replay(const fs::path& calibration_dir, const std::string& model_dir, const moe::ModelConfig& config,
+                    const moe::sim::ModelShape& shape) {
+  const fs::path path = calibration_dir / "validation.json";
+  MOE_ASSIGN_OR_RETURN(const std::string text, moe::sim::ReadTextFile(path.string()));
+  const nlohmann::json v = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  auto bad = [&path](const std::string& field) {
+    return absl::InvalidArgumentError(absl::StrCat(path.string(), ": ", field, " is missing or malformed"));
+  };
+  if (!v.is_object()) return bad("the top-level object");
+  for (const char* field : {"requests", "concurrency", "prompt_len", "max_tokens"}) {
+    if (!v.contains(field) || !v[field].is_number_integer() || v[field].get<int>() < 1) return bad(field);
+  }
+  if (!v.contains("map") || !v["map"].is_object() || !v["map"].value("name", nlohmann::json()).is_string() ||
+      !v["map"].value("kept_fraction", nlohmann::json()).is_number() ||
+      !v["map"].value("experts_per_token", nlohmann::json()).is_number()) {
+    return bad("map (name, kept_fraction, experts_per_token)");
+  }
+  if (!v.contains("setups") || !v["setups"].is_array()) return bad("setups");
+  const int requests = v["requests"], concurrency = v["concurrency"], prompt_len = v["prompt_len"], max_tokens = v["max_tokens"];
+  const std::string map_name = v["map"]["name"];
+  const moe::sim::TaskProfile task{map_name, 1.0, v["map"]["kept_fraction"].get<double>(), 1.0,
+                                   v["map"]["experts_per_token"].get<double>()};
+  moe::bench::LoadResult load;  // the recorded load's requests, all answered with max_tokens (ignore_eos)
+  for (const auto& prompt : moe::bench::RandomPrompts(config.vocab_size, config.bos_token_id, requests, prompt_len)) {
+    load.answered.push_back({static_cast<int64_t>(prompt.size()), max_tokens});
+  }
+  std::cout << absl::StrFormat(
+      "replayed: %d requests, concurrency %d, prompt %d tokens, %d new tokens, live figures as recorded in %s; simulated by "
+      "this build on each calibration fitted again from its recorded probes\n",
+      requests, concurrency, prompt_len, max_tokens, path.string());
+  std::cout << kTableHeader;
+  std::map<std::string, moe::bench::Calibration> refitted;  // by calibration.json path
+  std::map<std::string, std::vector<double>> errors;
+  for (size_t i = 0; i < v["setups"].size(); ++i) {
+    const nlohmann::json& j = v["setups"][i];
+    const std::string where = absl::StrCat("setups[", i, "]");
+    SetupResult r;
+    if (!j.is_object() || !j.value("workers", nlohmann::json()).is_number_integer() ||
+        !j.value("backend", nlohmann::json()).is_string() || !j.value("with_map", nlohmann::json()).is_boolean() ||
+        !j.value("calibration", nlohmann::json()).is_string() || !j.value("live", nlohmann::json()).is_object()) {
+      return bad(where + " (workers, backend, with_map, calibration, live)");
+    }
+    r.workers = j["workers"];
+    r.backend = j["backend"];
+    r.with_map = j["with_map"];
+    r.calibration = j["calibration"];
+    const nlohmann::json& live = j["live"];
+    for (const auto& [field, member] : {std::pair{"tokens_per_s", &Figures::tokens_per_s}, std::pair{"ttft_p50_s", &Figures::ttft_p50_s},
+                                        std::pair{"ttft_p90_s", &Figures::ttft_p90_s}, std::pair{"inter_token_s", &Figures::inter_token_s},
+                                        std::pair{"all2all_bytes_per_token", &Figures::all2all_bytes_per_token}}) {
+      if (!live.value(field, nlohmann::json()).is_number()) return bad(absl::StrCat(where, ".live.", field));
+      r.live.*member = live[field].get<double>();
+    }
+    const std::optional<moe::bench::ExchangeBackend> backend = moe::bench::ParseBackend(r.backend);
+    if (!backend) return bad(where + ".backend");
+    auto it = refitted.find(r.calibration);
+    if (it == refitted.end()) {
+      const fs::path recorded = calibration_dir / r.calibration;
+      MOE_ASSIGN_OR_RETURN(const std::string cal_text, moe::sim::ReadTextFile(recorded.string()));
+      const nlohmann::json cal = nlohmann::json::parse(cal_text, nullptr, /*allow_exceptions=*/false);
+      MOE_ASSIGN_OR_RETURN(moe::bench::Calibration c, moe::bench::RefitCalibration(cal, model_dir));
+      it = refitted.emplace(r.calibration, std::move(c)).first;
+    }
+    const auto costs = std::find_if(it->second.per_workers.begin(), it->second.per_workers.end(), [&](const auto& w) {
+      return w.workers == r.workers && w.backend == *backend;
+    });
+    if (costs == it->second.per_workers.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(r.calibration, " has no ", r.workers, "-worker ", r.backend, " cluster"));
+    }
+    MOE_ASSIGN_OR_RETURN(const moe::sim::ClusterSpec cluster,
+                         moe::sim::ClusterSpec::FromJson(moe::bench::ThisMachineClusterJson(it->second, *costs).dump(),
+                                                         moe::bench::ClusterName(r.workers, *backend), ""));
+    MOE_ASSIGN_OR_RETURN(const moe::sim::SimReport report,
+                         moe::bench::SimulateClosedLoop(config, shape, cluster, load, concurrency,
+                                                        r.with_map ? std::optional(task) : std::nullopt));
+    r.predicted = Predicted(report);
+    PrintRow(r, map_name, &errors);
+  }
+  PrintErrorSummary(errors);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -186,6 +324,10 @@ int main(int argc, char** argv) {
   const std::optional<moe::DType> weight_type = moe::bench::ServedWeightType(absl::GetFlag(FLAGS_weights));
   if (!weight_type) return Fail("--weights must be bf16 or f32");
   const moe::sim::ModelShape shape = moe::bench::ServedShape(*config, model_dir, *weight_type);
+  if (absl::GetFlag(FLAGS_replay)) {
+    const absl::Status replayed = Replay(calibration_dir, model_dir, *config, shape);
+    return replayed.ok() ? 0 : Fail(replayed.ToString());
+  }
 
   std::string map_dir = absl::GetFlag(FLAGS_expert_map);
   if (map_dir.empty()) {
@@ -206,10 +348,9 @@ int main(int argc, char** argv) {
       model_dir, requests, concurrency, prompt_len, max_tokens, map->name, 100 * kept_fraction, map->MeanExpertsPerToken(),
       absl::GetFlag(FLAGS_calibrate_on_starts) ? "each cluster calibrated on its own starts"
                                                : "the cluster files in " + calibration_dir.string());
-  std::cout << "| setup | tokens/s sim | live | err | TTFT p50 ms sim | live | err | TTFT p90 ms sim | live | err | "
-               "ms/token sim | live | err | all2all KB/token sim | live |\n"
-               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::cout << kTableHeader;
   std::map<std::string, std::vector<double>> errors;  // by backend
+  std::vector<SetupResult> results;  // kept in validation.json for --replay
   // The live cluster against itself: the medians of the odd and of the even runs, the same four figures
   // per setup. How close any prediction can be expected to come on this machine.
   std::vector<double> live_spread;
@@ -321,22 +462,12 @@ int main(int argc, char** argv) {
             moe::bench::SimulateClosedLoop(*config, shape, *cluster, load[with_map], concurrency, task_profile);
         if (!report.ok()) return Fail(report.status().ToString());
 
-        const Figures p = Predicted(*report), m = MedianOf(live_runs[with_map]);
-        predicted[with_map] = p;
+        predicted[with_map] = Predicted(*report);
         for (double d : HalvesSpread(halves[with_map][1], halves[with_map][0])) live_spread.push_back(d);
-        auto err = [&errors, &backend](double predicted, double measured) {
-          const double e = measured > 0 ? (predicted - measured) / measured : 0;
-          errors[backend].push_back(std::abs(e));
-          return absl::StrFormat("%+.0f%%", 100 * e);
-        };
-        std::cout << absl::StrFormat("| %d worker%s%s, %s | %.0f | %.0f | %s | %.2f | %.2f | %s | %.2f | %.2f | %s | %.2f | %.2f | %s | %.2f | %.2f |\n",
-                                     workers, workers > 1 ? "s" : "", mpi ? " (MPI)" : "", with_map ? map->name : "full model",
-                                     p.tokens_per_s, m.tokens_per_s, err(p.tokens_per_s, m.tokens_per_s), p.ttft_p50_s * 1e3,
-                                     m.ttft_p50_s * 1e3, err(p.ttft_p50_s, m.ttft_p50_s), p.ttft_p90_s * 1e3, m.ttft_p90_s * 1e3,
-                                     err(p.ttft_p90_s, m.ttft_p90_s), p.inter_token_s * 1e3, m.inter_token_s * 1e3,
-                                     err(p.inter_token_s, m.inter_token_s), p.all2all_bytes_per_token / 1e3,
-                                     m.all2all_bytes_per_token / 1e3)
-                  << std::flush;
+        const SetupResult& result = results.emplace_back(SetupResult{
+            workers, backend, with_map, MedianOf(live_runs[with_map]), predicted[with_map],
+            calibrate_on_starts ? (fs::path("on-starts") / cluster_name / "calibration.json").string() : "calibration.json"});
+        PrintRow(result, map->name, &errors);
       }
       const double sim_ratio = predicted[1].inter_token_s / predicted[0].inter_token_s;
       absl::StrAppendFormat(&map_table, "| %d, %s | %.2f | %.2f | %.2f | %.2f | %+.0f%% |\n", workers, backend,
@@ -345,9 +476,23 @@ int main(int argc, char** argv) {
                             100 * (sim_ratio / Quantile(paired_decode_ratio, 0.5) - 1));
     }
   }
-  for (const auto& [backend, e] : errors) {
-    std::cout << absl::StrFormat("%s clusters, absolute error over %d figures: median %.0f%%, worst %.0f%% (targets: 10%%, 25%%)\n",
-                                 backend == "mpi" ? "MPI" : "gRPC", e.size(), 100 * Quantile(e, 0.5), 100 * Quantile(e, 1.0));
+  PrintErrorSummary(errors);
+  {  // for --replay
+    nlohmann::json recorded = {{"model", model_dir},
+                               {"requests", requests},
+                               {"concurrency", concurrency},
+                               {"prompt_len", prompt_len},
+                               {"max_tokens", max_tokens},
+                               {"calibrate_on_starts", calibrate_on_starts},
+                               {"map", {{"name", map->name}, {"kept_fraction", kept_fraction}, {"experts_per_token", map->MeanExpertsPerToken()}}},
+                               {"setups", nlohmann::json::array()}};
+    for (const SetupResult& r : results) {
+      recorded["setups"].push_back({{"workers", r.workers}, {"backend", r.backend}, {"with_map", r.with_map},
+                                    {"calibration", r.calibration}, {"live", FiguresJson(r.live)}, {"simulated", FiguresJson(r.predicted)}});
+    }
+    std::ofstream out(calibration_dir / "validation.json");
+    out << recorded.dump(1) << "\n";
+    if (!out) return Fail("cannot write " + (calibration_dir / "validation.json").string());
   }
   if (!drift_table.empty()) {
     std::cout << absl::StrFormat("the machine since the calibration: each cluster's %d-client probe (median of %d runs on %d starts) "
