@@ -16,7 +16,7 @@
 //       [--expert-map DIR (default: moe-prune's add-uncurl-p2 for the model, made once under --calibration)]
 //       [--workers 1,2,4] [--backends grpc,mpi] [--requests 128] [--concurrency 12] [--prompt-len 12]
 //       [--max-tokens 16] [--starts 4] [--repeats 2] [--calibrate_on_starts]
-//   build/bin/moe-bench-sim-live --model models/tiny-moe --calibration DIR --replay
+//   build/bin/moe-bench-sim-live --model models/tiny-moe --replay DIR[,DIR...]
 // Each live figure is the median of --repeats runs on each of --starts fresh starts of the cluster: on
 // this shared machine a figure moves by 10-50% between two starts of the same cluster. With
 // --calibrate_on_starts the calibration's probes run on those same starts (before the validation
@@ -25,7 +25,8 @@
 // calibration is kept in --calibration's on-starts/<cluster name>/ (calibration.json and the cluster
 // file), for moe-calibrate --refit.
 // Every validation records its setups, live figures and calibrations in --calibration's validation.json;
-// --replay runs nothing live and simulates them again with this build, each calibration fitted again
+// --replay runs nothing live and simulates them again with this build (one validation or several, their
+// errors then pooled), each calibration fitted again
 // from its recorded probes: a change to the simulator or the fit compared on the same measurements,
 // free of this machine's drift and noise.
 // Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, failed
@@ -68,9 +69,10 @@ ABSL_FLAG(int32_t, starts, 4,
           "fresh starts of the live cluster per configuration; the odd and even starts' medians are also compared "
           "with each other (the noise floor)");
 ABSL_FLAG(int32_t, repeats, 2, "live runs per start; each live figure is the median of all the starts' runs");
-ABSL_FLAG(bool, replay, false,
-          "run nothing live: simulate again the setups a validation recorded in --calibration's validation.json, each "
-          "on its calibration fitted again by this build (moe-calibrate --refit), against the live figures it recorded");
+ABSL_FLAG(std::vector<std::string>, replay, {},
+          "DIR[,DIR...]: run nothing live; simulate again the setups each validation recorded in DIR/validation.json "
+          "(DIR: its --calibration), each on its calibration fitted again by this build (moe-calibrate --refit), against "
+          "the live figures it recorded; then the errors pooled over all of them");
 ABSL_FLAG(std::string, weights, "bf16", "how the workers store the weights: bf16 or f32 (the checkpoint's type)");
 
 namespace {
@@ -219,7 +221,7 @@ nlohmann::json FiguresJson(const Figures& f) {
 // prompts: RandomPrompts is seeded), each calibration is fitted again from the probes it recorded.
 // INVALID_ARGUMENT naming a missing or malformed field of validation.json.
 absl::Status Replay(const fs::path& calibration_dir, const std::string& model_dir, const moe::ModelConfig& config,
-                    const moe::sim::ModelShape& shape) {
+                    const moe::sim::ModelShape& shape, std::vector<double>* pooled) {
   const fs::path path = calibration_dir / "validation.json";
   MOE_ASSIGN_OR_RETURN(const std::string text, moe::sim::ReadTextFile(path.string()));
   const nlohmann::json v = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -297,6 +299,7 @@ absl::Status Replay(const fs::path& calibration_dir, const std::string& model_di
     PrintRow(r, map_name, &errors);
   }
   PrintErrorSummary(errors);
+  for (const auto& [backend, e] : errors) pooled->insert(pooled->end(), e.begin(), e.end());
   return absl::OkStatus();
 }
 
@@ -324,9 +327,18 @@ int main(int argc, char** argv) {
   const std::optional<moe::DType> weight_type = moe::bench::ServedWeightType(absl::GetFlag(FLAGS_weights));
   if (!weight_type) return Fail("--weights must be bf16 or f32");
   const moe::sim::ModelShape shape = moe::bench::ServedShape(*config, model_dir, *weight_type);
-  if (absl::GetFlag(FLAGS_replay)) {
-    const absl::Status replayed = Replay(calibration_dir, model_dir, *config, shape);
-    return replayed.ok() ? 0 : Fail(replayed.ToString());
+  if (const std::vector<std::string> replay = absl::GetFlag(FLAGS_replay); !replay.empty()) {
+    std::vector<double> pooled;
+    for (const std::string& dir : replay) {
+      if (const absl::Status replayed = Replay(dir, model_dir, *config, shape, &pooled); !replayed.ok()) {
+        return Fail(replayed.ToString());
+      }
+    }
+    std::cout << absl::StrFormat("all %d replayed validations, absolute error over %d figures: median %.1f%%, 90th percentile %.0f%%, "
+                                 "worst %.0f%%\n",
+                                 replay.size(), pooled.size(), 100 * Quantile(pooled, 0.5), 100 * Quantile(pooled, 0.9),
+                                 100 * Quantile(pooled, 1.0));
+    return 0;
   }
 
   std::string map_dir = absl::GetFlag(FLAGS_expert_map);
