@@ -32,12 +32,14 @@
 // Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, failed
 // requests, or (--replay) a missing or malformed validation.json or calibration.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <numeric>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -217,11 +219,26 @@ nlohmann::json FiguresJson(const Figures& f) {
           {"inter_token_s", f.inter_token_s}, {"all2all_bytes_per_token", f.all2all_bytes_per_token}};
 }
 
+// --replay's errors over every replayed validation: absolute (all figures), and signed per figure (tokens/s,
+// TTFT p50, TTFT p90, decode time per token): whether the simulator leans one way.
+struct ReplayPool {
+  std::vector<double> absolute;
+  std::array<std::vector<double>, 4> signed_by_figure;
+  void Add(const SetupResult& r) {
+    int i = 0;
+    for (double Figures::*f : {&Figures::tokens_per_s, &Figures::ttft_p50_s, &Figures::ttft_p90_s, &Figures::inter_token_s}) {
+      const double e = r.live.*f > 0 ? r.predicted.*f / (r.live.*f) - 1 : 0;
+      absolute.push_back(std::abs(e));
+      signed_by_figure[i++].push_back(e);
+    }
+  }
+};
+
 // --replay: the recorded setups simulated by this build. The workload is the recorded one (the same
 // prompts: RandomPrompts is seeded), each calibration is fitted again from the probes it recorded.
 // INVALID_ARGUMENT naming a missing or malformed field of validation.json.
 absl::Status Replay(const fs::path& calibration_dir, const std::string& model_dir, const moe::ModelConfig& config,
-                    const moe::sim::ModelShape& shape, std::vector<double>* pooled) {
+                    const moe::sim::ModelShape& shape, ReplayPool* pool) {
   const fs::path path = calibration_dir / "validation.json";
   MOE_ASSIGN_OR_RETURN(const std::string text, moe::sim::ReadTextFile(path.string()));
   const nlohmann::json v = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -297,9 +314,9 @@ absl::Status Replay(const fs::path& calibration_dir, const std::string& model_di
                                                         r.with_map ? std::optional(task) : std::nullopt));
     r.predicted = Predicted(report);
     PrintRow(r, map_name, &errors);
+    pool->Add(r);
   }
   PrintErrorSummary(errors);
-  for (const auto& [backend, e] : errors) pooled->insert(pooled->end(), e.begin(), e.end());
   return absl::OkStatus();
 }
 
@@ -328,16 +345,20 @@ int main(int argc, char** argv) {
   if (!weight_type) return Fail("--weights must be bf16 or f32");
   const moe::sim::ModelShape shape = moe::bench::ServedShape(*config, model_dir, *weight_type);
   if (const std::vector<std::string> replay = absl::GetFlag(FLAGS_replay); !replay.empty()) {
-    std::vector<double> pooled;
+    ReplayPool pool;
     for (const std::string& dir : replay) {
-      if (const absl::Status replayed = Replay(dir, model_dir, *config, shape, &pooled); !replayed.ok()) {
+      if (const absl::Status replayed = Replay(dir, model_dir, *config, shape, &pool); !replayed.ok()) {
         return Fail(replayed.ToString());
       }
     }
-    std::cout << absl::StrFormat("all %d replayed validations, absolute error over %d figures: median %.1f%%, 90th percentile %.0f%%, "
-                                 "worst %.0f%%\n",
-                                 replay.size(), pooled.size(), 100 * Quantile(pooled, 0.5), 100 * Quantile(pooled, 0.9),
-                                 100 * Quantile(pooled, 1.0));
+    std::cout << absl::StrFormat("%s, absolute error over %d figures: median %.1f%%, 90th percentile %.0f%%, worst %.0f%%\n",
+                                 replay.size() == 1 ? "the replayed validation" : absl::StrCat("all ", replay.size(), " replayed validations"),
+                                 pool.absolute.size(), 100 * Quantile(pool.absolute, 0.5), 100 * Quantile(pool.absolute, 0.9),
+                                 100 * Quantile(pool.absolute, 1.0));
+    const auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / std::max<size_t>(1, v.size()); };
+    std::cout << absl::StrFormat("mean signed error: tokens/s %+.1f%%, TTFT p50 %+.1f%%, TTFT p90 %+.1f%%, ms/token %+.1f%%\n",
+                                 100 * mean(pool.signed_by_figure[0]), 100 * mean(pool.signed_by_figure[1]),
+                                 100 * mean(pool.signed_by_figure[2]), 100 * mean(pool.signed_by_figure[3]));
     return 0;
   }
 
