@@ -26,9 +26,8 @@
 // file), for moe-calibrate --refit.
 // Every validation records its setups, live figures and calibrations in --calibration's validation.json;
 // --replay runs nothing live and simulates them again with this build (one validation or several, their
-// errors then pooled), each calibration fitted again
-// from its recorded probes: a change to the simulator or the fit compared on the same measurements,
-// free of this machine's drift and noise.
+// errors then pooled), each calibration fitted again from its recorded probes: a change to the simulator
+// or the fit compared on the same measurements, free of this machine's drift and noise.
 // Exit status: 0 printed (whatever the errors), 1 bad flags, a cluster that does not start, failed
 // requests, or (--replay) a missing or malformed validation.json or calibration.
 #include <algorithm>
@@ -88,6 +87,18 @@ using moe::Fail;
 struct Figures {
   double tokens_per_s = 0, ttft_p50_s = 0, ttft_p90_s = 0, inter_token_s = 0, all2all_bytes_per_token = 0;
 };
+// Every figure by its name in validation.json; the first four are the compared ones (their errors count
+// against the targets), the all-to-all bytes are shown beside them.
+struct FigureField {
+  const char* name;
+  double Figures::*member;
+};
+constexpr FigureField kFigureFields[] = {{"tokens_per_s", &Figures::tokens_per_s},
+                                         {"ttft_p50_s", &Figures::ttft_p50_s},
+                                         {"ttft_p90_s", &Figures::ttft_p90_s},
+                                         {"inter_token_s", &Figures::inter_token_s},
+                                         {"all2all_bytes_per_token", &Figures::all2all_bytes_per_token}};
+constexpr int kComparedFigures = 4;
 
 Figures Measured(const moe::bench::LoadResult& load) {
   std::vector<double> ttft;
@@ -172,7 +183,8 @@ std::vector<double> HalvesSpread(const std::vector<Figures>& one, const std::vec
   if (one.empty() || other.empty()) return {};
   const Figures a = MedianOf(one), b = MedianOf(other);
   std::vector<double> spread;
-  for (double Figures::*f : {&Figures::tokens_per_s, &Figures::ttft_p50_s, &Figures::ttft_p90_s, &Figures::inter_token_s}) {
+  for (int i = 0; i < kComparedFigures; ++i) {
+    const double Figures::*f = kFigureFields[i].member;
     spread.push_back(std::abs(a.*f - b.*f) / std::max(1e-12, b.*f));
   }
   return spread;
@@ -215,21 +227,22 @@ absl::Status WriteCalibration(const fs::path& dir, const nlohmann::json& calibra
 }
 
 nlohmann::json FiguresJson(const Figures& f) {
-  return {{"tokens_per_s", f.tokens_per_s}, {"ttft_p50_s", f.ttft_p50_s}, {"ttft_p90_s", f.ttft_p90_s},
-          {"inter_token_s", f.inter_token_s}, {"all2all_bytes_per_token", f.all2all_bytes_per_token}};
+  nlohmann::json j = nlohmann::json::object();
+  for (const FigureField& field : kFigureFields) j[field.name] = f.*field.member;
+  return j;
 }
 
 // --replay's errors over every replayed validation: absolute (all figures), and signed per figure (tokens/s,
 // TTFT p50, TTFT p90, decode time per token): whether the simulator leans one way.
 struct ReplayPool {
   std::vector<double> absolute;
-  std::array<std::vector<double>, 4> signed_by_figure;
+  std::array<std::vector<double>, kComparedFigures> signed_by_figure;
   void Add(const SetupResult& r) {
-    int i = 0;
-    for (double Figures::*f : {&Figures::tokens_per_s, &Figures::ttft_p50_s, &Figures::ttft_p90_s, &Figures::inter_token_s}) {
+    for (int i = 0; i < kComparedFigures; ++i) {
+      const double Figures::*f = kFigureFields[i].member;
       const double e = r.live.*f > 0 ? r.predicted.*f / (r.live.*f) - 1 : 0;
       absolute.push_back(std::abs(e));
-      signed_by_figure[i++].push_back(e);
+      signed_by_figure[i].push_back(e);
     }
   }
 };
@@ -284,11 +297,9 @@ absl::Status Replay(const fs::path& calibration_dir, const std::string& model_di
     r.with_map = j["with_map"];
     r.calibration = j["calibration"];
     const nlohmann::json& live = j["live"];
-    for (const auto& [field, member] : {std::pair{"tokens_per_s", &Figures::tokens_per_s}, std::pair{"ttft_p50_s", &Figures::ttft_p50_s},
-                                        std::pair{"ttft_p90_s", &Figures::ttft_p90_s}, std::pair{"inter_token_s", &Figures::inter_token_s},
-                                        std::pair{"all2all_bytes_per_token", &Figures::all2all_bytes_per_token}}) {
-      if (!live.value(field, nlohmann::json()).is_number()) return bad(absl::StrCat(where, ".live.", field));
-      r.live.*member = live[field].get<double>();
+    for (const FigureField& field : kFigureFields) {
+      if (!live.value(field.name, nlohmann::json()).is_number()) return bad(absl::StrCat(where, ".live.", field.name));
+      r.live.*field.member = live[field.name].get<double>();
     }
     const std::optional<moe::bench::ExchangeBackend> backend = moe::bench::ParseBackend(r.backend);
     if (!backend) return bad(where + ".backend");
