@@ -138,6 +138,7 @@ absl::StatusOr<ClusterSpec> ClusterSpec::FromJson(const std::string& json_text, 
   c.token_delivery_curve = f.Curve("token_delivery_curve_ns", 0);
   c.stream_close_curve = f.Curve("stream_close_curve_ns", 0);
   c.front_end_jitter = f.Bool("front_end_jitter", false);
+  c.front_end_jitter_stages = static_cast<int>(f.Int("front_end_jitter_stages", c.front_end_jitter_stages, 1, 64));
   c.collective_overhead = f.Int("collective_overhead_ns", 0, 0);
   c.host_cores = static_cast<int>(f.Int("host_cores", 0, 0, 1 << 20));
   c.max_queued = static_cast<int>(f.Int("max_queued", c.max_queued, 0, 1 << 30));
@@ -417,7 +418,7 @@ class ServingSimulation {
   void CloseStream(Replica& r, Nanos cost, Nanos arrival);
   // The stream ends at `closed` (now or later); the closed-loop client then sends its next request.
   void FinishStream(Nanos delivered, Nanos closed, Nanos arrival);
-  Nanos FrontEndDelay(Nanos mean);  // mean, or an exponential draw of it (ClusterSpec::front_end_jitter)
+  Nanos FrontEndDelay(Nanos mean);  // mean, or a draw around it (ClusterSpec::front_end_jitter)
   void MaybeStartStep(Replica& r);
   void BeginStep(Replica& r);
   void EndStep(Replica& r, std::vector<WorkerBatch> batches);
@@ -594,7 +595,10 @@ absl::Status ServingSimulation::Setup() {
 
 Nanos ServingSimulation::FrontEndDelay(Nanos mean) {
   if (!cluster_.front_end_jitter || mean == 0) return mean;
-  return static_cast<Nanos>(-std::log(1 - front_end_rng_.NextUniform()) * static_cast<double>(mean));
+  const int stages = cluster_.front_end_jitter_stages;
+  double sum = 0;  // of `stages` unit exponentials
+  for (int i = 0; i < stages; ++i) sum -= std::log(1 - front_end_rng_.NextUniform());
+  return static_cast<Nanos>(sum / stages * static_cast<double>(mean));
 }
 
 void ServingSimulation::CloseStream(Replica& r, Nanos cost, Nanos arrival) {
