@@ -568,11 +568,7 @@ absl::StatusOr<Calibration> RefitCalibration(const nlohmann::json& j, const std:
       f.prompts_per_prefill_step = m.value("prompts_per_prefill_step", 0.0);
       f.prefill_extra_s = m.value("prefill_extra_us", 0.0) * 1e-6;
       f.rows_per_prefill_step = m.value("rows_per_prefill_step", 0.0);
-      // The probe's requests, as RunProbeLoad sends them.
-      const std::vector<std::vector<int32_t>> prompts = ProbePrompts(*config, probe.concurrency);
-      for (const std::vector<int32_t>& prompt : prompts) {
-        probe.shapes.answered.push_back({static_cast<int64_t>(prompt.size()), kProbeMaxTokens});
-      }
+      probe.shapes = AnsweredInFull(ProbePrompts(*config, probe.concurrency), kProbeMaxTokens);  // as RunProbeLoad sends them
     }
     MOE_RETURN_IF_ERROR(FitServingOverheads(*config, shape, c, samples, &costs));
   }

@@ -42,6 +42,12 @@ double MeanOver(const std::vector<RequestTiming>& answered, double RequestTiming
 double LoadResult::mean_ttft_s() const { return MeanOver(answered, &RequestTiming::ttft_s); }
 double LoadResult::mean_close_s() const { return MeanOver(answered, &RequestTiming::close_s); }
 
+LoadResult AnsweredInFull(const std::vector<std::vector<int32_t>>& prompts, int max_tokens) {
+  LoadResult load;
+  for (const std::vector<int32_t>& prompt : prompts) load.answered.push_back({static_cast<int64_t>(prompt.size()), max_tokens});
+  return load;
+}
+
 std::vector<std::vector<int32_t>> RandomPrompts(int64_t vocab_size, int64_t bos_token_id, int count, int length,
                                                 uint32_t seed) {
   std::mt19937 rng(seed);

@@ -51,6 +51,10 @@ LoadResult RunClosedLoop(const std::string& address, const std::vector<std::vect
 std::vector<std::vector<int32_t>> RandomPrompts(int64_t vocab_size, int64_t bos_token_id, int count, int length,
                                                 uint32_t seed = 42);
 
+// A load as it was asked: every prompt answered with exactly `max_tokens` tokens (ignore_eos), no
+// timings; what the simulator needs to run the same requests (SimulateClosedLoop, bench/calibration.h).
+LoadResult AnsweredInFull(const std::vector<std::vector<int32_t>>& prompts, int max_tokens);
+
 // The q-quantile (nearest rank below) of `values`; 0 when empty.
 double Quantile(std::vector<double> values, double q);
 

@@ -272,10 +272,8 @@ absl::Status Replay(const fs::path& calibration_dir, const std::string& model_di
   const std::string map_name = v["map"]["name"];
   const moe::sim::TaskProfile task{map_name, 1.0, v["map"]["kept_fraction"].get<double>(), 1.0,
                                    v["map"]["experts_per_token"].get<double>()};
-  moe::bench::LoadResult load;  // the recorded load's requests, all answered with max_tokens (ignore_eos)
-  for (const auto& prompt : moe::bench::RandomPrompts(config.vocab_size, config.bos_token_id, requests, prompt_len)) {
-    load.answered.push_back({static_cast<int64_t>(prompt.size()), max_tokens});
-  }
+  const moe::bench::LoadResult load =  // the recorded load's requests
+      moe::bench::AnsweredInFull(moe::bench::RandomPrompts(config.vocab_size, config.bos_token_id, requests, prompt_len), max_tokens);
   std::cout << absl::StrFormat(
       "replayed: %d requests, concurrency %d, prompt %d tokens, %d new tokens, live figures as recorded in %s; simulated by "
       "this build on each calibration fitted again from its recorded probes\n",

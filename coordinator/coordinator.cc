@@ -16,6 +16,13 @@ namespace moe {
 
 using Clock = std::chrono::steady_clock;
 
+namespace {
+// A stub for the worker at `address`, on a channel of its own (the internal channels' arguments).
+std::shared_ptr<v1::Worker::Stub> WorkerStub(const std::string& address) {
+  return v1::Worker::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), InternalChannelArguments()));
+}
+}  // namespace
+
 // ---- RequestHandle ----------------------------------------------------------------------------
 
 RequestHandle::Update RequestHandle::Wait(std::chrono::milliseconds timeout) {
@@ -145,8 +152,7 @@ grpc::Status Coordinator::Register(grpc::ServerContext*, const v1::RegisterReque
   w.alive = true;
   w.last_heartbeat = Clock::now();
   metrics_->SetWorkerUp(slot, true);
-  w.stub = v1::Worker::NewStub(grpc::CreateCustomChannel(w.address, grpc::InsecureChannelCredentials(),
-                                                         InternalChannelArguments()));
+  w.stub = WorkerStub(w.address);
   membership_changed_ = true;
   response->set_worker_id(slot);
   return grpc::Status::OK;
@@ -276,8 +282,7 @@ absl::Status Coordinator::Reconfigure() {
                                      absl::StrContains(status[rank].error_message(), "failed to connect");
           if (!not_connected || attempt == kConnectTries) break;
           std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
-          stub = v1::Worker::NewStub(grpc::CreateCustomChannel(
-              map.worker_addresses[rank], grpc::InsecureChannelCredentials(), InternalChannelArguments()));
+          stub = WorkerStub(map.worker_addresses[rank]);
         }
         if (status[rank].ok() && stub != stubs[rank]) reconnected[rank] = std::move(stub);
       });
