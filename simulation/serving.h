@@ -83,7 +83,7 @@ struct ClusterSpec {
   // host's cores run when the scheduler lets them; without the jitter, closed-loop clients march in
   // lockstep), or, when false, exactly the means. Each draw is the sum of front_end_jitter_stages
   // exponential stages of an equal share of the mean (Erlang): 1 is an exponential draw; 2, the default,
-  // a delay that passes two threads' wake-ups (coefficient of variation 0.71), which on this machine's
+  // as if a delay passed two threads' wake-ups (coefficient of variation 0.71), which on this machine's
   // recorded validations predicted the live TTFT percentiles without the exponential's bias (README
   // "Calibration and validation").
   bool front_end_jitter = false;
