@@ -67,6 +67,7 @@ struct ProbeFigures {
 // One probe of the live cluster, measured and as the calibrated simulator reproduces it.
 struct ServingProbe {
   int concurrency = 0;
+  int requests = 0;  // requests per run (ProbeRequests(concurrency) since they are recorded)
   ProbeFigures measured, simulated;
 };
 
@@ -114,22 +115,26 @@ struct CalibrationOptions {
   bool mpi = true;     // the MPI clusters (cluster/run-mpi) of 2+ workers
 };
 
-// One run of a probe's closed loop against the cluster at `address`: `concurrency` clients, max(12,
-// 8 x concurrency) requests of the same 12-token prompts every time, kProbeMaxTokens tokens each.
+// One run of a probe's closed loop against the cluster at `address`: `concurrency` clients, `requests`
+// requests of the same 12-token prompts every time (ProbePrompts), kProbeMaxTokens tokens each.
 inline constexpr int kProbeMaxTokens = 32;
-LoadResult RunProbeLoad(const std::string& address, const ModelConfig& config, int concurrency);
+int ProbeRequests(int concurrency);  // a probe's requests per run since 2026-11-29: max(12, 8 x concurrency)
+std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int requests);
+LoadResult RunProbeLoad(const std::string& address, const ModelConfig& config, int concurrency, int requests);
 
-// The probes' figures over runs, on one or several starts of a cluster: for each probe (1 to 32
-// clients, ascending), every run's figures and the first run's requests (their shapes, for the
-// simulator: the same every run).
+// The probes' figures over runs, on one or several starts of a cluster: for each probe (ascending
+// clients), every run's figures and the first run's requests (their shapes, for the simulator: the
+// same every run).
 struct ProbeSamples {
   struct Probe {
     int concurrency = 0;
+    int requests = 0;  // per run
     LoadResult shapes;
     std::vector<ProbeFigures> runs;
   };
   std::vector<Probe> probes;
-  ProbeSamples();  // every probe, no runs yet
+  ProbeSamples();  // every probe of the ladder the calibration runs (1 to 32 clients), no runs yet
+  explicit ProbeSamples(std::vector<Probe> probes) : probes(std::move(probes)) {}
   ProbeFigures Medians(size_t probe) const;  // each figure's median over the probe's runs
 };
 

@@ -453,7 +453,8 @@ int main(int argc, char** argv) {
           }
         }
         for (int run = 0; !calibrate_on_starts && run < drift_runs_per_start; ++run) {
-          drift_runs.push_back(moe::bench::RunProbeLoad((*live)->address(), *config, kDriftProbeClients).mean_inter_token_s());
+          drift_runs.push_back(moe::bench::RunProbeLoad((*live)->address(), *config, kDriftProbeClients,
+                                                           moe::bench::ProbeRequests(kDriftProbeClients)).mean_inter_token_s());
         }
         std::vector<Figures> this_start[2];
         int64_t failures = 0;
