@@ -45,6 +45,7 @@
 #include "absl/strings/str_format.h"
 #include "bench/calibration.h"
 #include "bench/load_client.h"
+#include "bench/median_noise.h"
 #include "simulation/workload.h"
 #include "cluster/local_cluster.h"
 #include "common/flags.h"
@@ -131,7 +132,41 @@ struct SetupResult {
   bool with_map = false;
   Figures live, predicted;
   std::string calibration;  // the calibration.json it was simulated from, relative to --calibration
+  std::vector<std::vector<Figures>> live_by_start;  // every live run, by start (empty in records made before them)
 };
+
+// The setups' live runs for BootstrapMedianNoise, the compared figures only: the full model and the map
+// of one cluster ran on the same starts (one group, `first_group` on); none if a setup lacks its runs.
+std::vector<moe::bench::LiveSeries> LiveSeriesOf(const std::vector<SetupResult>& results, int first_group) {
+  std::vector<moe::bench::LiveSeries> series;
+  std::map<std::pair<int, std::string>, int> group_of;
+  for (const SetupResult& r : results) {
+    if (r.live_by_start.empty()) return {};
+    const auto [it, added] = group_of.emplace(std::pair(r.workers, r.backend), first_group + static_cast<int>(group_of.size()));
+    moe::bench::LiveSeries& s = series.emplace_back();
+    s.group = it->second;
+    for (const std::vector<Figures>& start : r.live_by_start) {
+      std::vector<std::vector<double>>& runs = s.by_start.emplace_back();
+      for (const Figures& run : start) {
+        std::vector<double>& figures = runs.emplace_back();
+        for (int i = 0; i < kComparedFigures; ++i) figures.push_back(run.*kFigureFields[i].member);
+      }
+    }
+  }
+  return series;
+}
+
+// What the live medians' own noise leaves any prediction: the misses of a predictor that knew every
+// figure's true value (BootstrapMedianNoise), to set beside the simulator's errors. Nothing without runs.
+void PrintMedianNoise(const std::vector<moe::bench::LiveSeries>& series, const std::string& over) {
+  constexpr int kDraws = 2000;
+  const std::optional<moe::bench::MedianNoise> noise = moe::bench::BootstrapMedianNoise(series, kDraws, /*seed=*/1);
+  if (!noise) return;
+  std::cout << absl::StrFormat(
+      "the live medians' own noise over %s (%d figures; a bootstrap over each cluster's starts, %d draws): a prediction of "
+      "every figure's true value would miss them by a median %.1f%% and a worst %.0f%% (one draw in ten: a worst over %.0f%%)\n",
+      over, noise->figures, kDraws, 100 * noise->median_miss, 100 * noise->worst_miss, 100 * noise->worst_miss_p90);
+}
 
 // Prints `r`'s table row and adds its four errors to `errors` (by backend).
 void PrintRow(const SetupResult& r, const std::string& map_name, std::map<std::string, std::vector<double>>* errors) {
@@ -232,11 +267,41 @@ nlohmann::json FiguresJson(const Figures& f) {
   return j;
 }
 
+// validation.json's live_runs: [start][run] figures.
+nlohmann::json FiguresByStartJson(const std::vector<std::vector<Figures>>& by_start) {
+  nlohmann::json starts = nlohmann::json::array();
+  for (const std::vector<Figures>& start : by_start) {
+    nlohmann::json& runs = starts.emplace_back(nlohmann::json::array());
+    for (const Figures& run : start) runs.push_back(FiguresJson(run));
+  }
+  return starts;
+}
+// FiguresByStartJson's inverse. INVALID_ARGUMENT naming `where` when malformed.
+absl::StatusOr<std::vector<std::vector<Figures>>> FiguresByStart(const nlohmann::json& j, const std::string& where) {
+  const auto bad = [&where] { return absl::InvalidArgumentError(where + " must be starts of runs of figures"); };
+  if (!j.is_array()) return bad();
+  std::vector<std::vector<Figures>> by_start;
+  for (const nlohmann::json& start : j) {
+    if (!start.is_array() || start.empty()) return bad();
+    std::vector<Figures>& runs = by_start.emplace_back();
+    for (const nlohmann::json& run : start) {
+      Figures& f = runs.emplace_back();
+      for (const FigureField& field : kFigureFields) {
+        if (!run.is_object() || !run.value(field.name, nlohmann::json()).is_number()) return bad();
+        f.*field.member = run[field.name].get<double>();
+      }
+    }
+  }
+  return by_start;
+}
+
 // --replay's errors over every replayed validation: absolute (all figures), and signed per figure (tokens/s,
 // TTFT p50, TTFT p90, decode time per token): whether the simulator leans one way.
 struct ReplayPool {
   std::vector<double> absolute;
   std::array<std::vector<double>, kComparedFigures> signed_by_figure;
+  std::vector<moe::bench::LiveSeries> live_series;  // the records' live runs (those that kept them)
+  int records_with_runs = 0;
   void Add(const SetupResult& r) {
     for (int i = 0; i < kComparedFigures; ++i) {
       const double Figures::*f = kFigureFields[i].member;
@@ -281,6 +346,7 @@ absl::Status Replay(const fs::path& calibration_dir, const std::string& model_di
   std::cout << kTableHeader;
   std::map<std::string, moe::bench::Calibration> refitted;  // by calibration.json path
   std::map<std::string, std::vector<double>> errors;
+  std::vector<SetupResult> results;
   for (size_t i = 0; i < v["setups"].size(); ++i) {
     const nlohmann::json& j = v["setups"][i];
     const std::string where = absl::StrCat("setups[", i, "]");
@@ -298,6 +364,9 @@ absl::Status Replay(const fs::path& calibration_dir, const std::string& model_di
     for (const FigureField& field : kFigureFields) {
       if (!live.value(field.name, nlohmann::json()).is_number()) return bad(absl::StrCat(where, ".live.", field.name));
       r.live.*field.member = live[field.name].get<double>();
+    }
+    if (j.contains("live_runs")) {  // recorded since 2026-11-30
+      MOE_ASSIGN_OR_RETURN(r.live_by_start, FiguresByStart(j["live_runs"], path.string() + ": " + where + ".live_runs"));
     }
     const std::optional<moe::bench::ExchangeBackend> backend = moe::bench::ParseBackend(r.backend);
     if (!backend) return bad(where + ".backend");
@@ -324,8 +393,13 @@ absl::Status Replay(const fs::path& calibration_dir, const std::string& model_di
     r.predicted = Predicted(report);
     PrintRow(r, map_name, &errors);
     pool->Add(r);
+    results.push_back(std::move(r));
   }
   PrintErrorSummary(errors);
+  const std::vector<moe::bench::LiveSeries> series = LiveSeriesOf(results, static_cast<int>(pool->live_series.size()));
+  PrintMedianNoise(series, "this validation");
+  if (!series.empty()) ++pool->records_with_runs;
+  pool->live_series.insert(pool->live_series.end(), series.begin(), series.end());
   return absl::OkStatus();
 }
 
@@ -368,6 +442,9 @@ int main(int argc, char** argv) {
     std::cout << absl::StrFormat("mean signed error: tokens/s %+.1f%%, TTFT p50 %+.1f%%, TTFT p90 %+.1f%%, ms/token %+.1f%%\n",
                                  100 * mean(pool.signed_by_figure[0]), 100 * mean(pool.signed_by_figure[1]),
                                  100 * mean(pool.signed_by_figure[2]), 100 * mean(pool.signed_by_figure[3]));
+    if (pool.records_with_runs > 1) {
+      PrintMedianNoise(pool.live_series, absl::StrCat("the ", pool.records_with_runs, " validations that kept their runs"));
+    }
     return 0;
   }
 
@@ -438,6 +515,7 @@ int main(int argc, char** argv) {
       // map's speed against the full model's is then compared within a start, free of the machine's
       // drift between starts.
       std::vector<Figures> live_runs[2], halves[2][2];  // [with_map], [with_map][start parity]
+      std::vector<std::vector<Figures>> by_start[2];   // [with_map][start]: the runs
       std::vector<double> drift_runs, paired_decode_ratio;
       moe::bench::LoadResult load[2];
       for (int start = 0; start < starts; ++start) {
@@ -473,6 +551,7 @@ int main(int argc, char** argv) {
         if (!(*live)->Stop().ok()) std::cerr << "moe-bench-sim-live: the cluster did not stop cleanly\n";
         if (failures > 0) return Fail(absl::StrCat(failures, " requests failed on ", workers, " workers"));
         paired_decode_ratio.push_back(MedianOf(this_start[1]).inter_token_s / MedianOf(this_start[0]).inter_token_s);
+        for (const bool with_map : {false, true}) by_start[with_map].push_back(this_start[with_map]);
       }
       if (calibrate_on_starts) {
         moe::bench::WorkerCountCosts& costs = made->per_workers.front();
@@ -509,7 +588,8 @@ int main(int argc, char** argv) {
         for (double d : HalvesSpread(halves[with_map][1], halves[with_map][0])) live_spread.push_back(d);
         const SetupResult& result = results.emplace_back(SetupResult{
             workers, backend, with_map, MedianOf(live_runs[with_map]), predicted[with_map],
-            calibrate_on_starts ? (fs::path("on-starts") / cluster_name / "calibration.json").string() : "calibration.json"});
+            calibrate_on_starts ? (fs::path("on-starts") / cluster_name / "calibration.json").string() : "calibration.json",
+            by_start[with_map]});
         PrintRow(result, map->name, &errors);
       }
       const double sim_ratio = predicted[1].inter_token_s / predicted[0].inter_token_s;
@@ -531,7 +611,8 @@ int main(int argc, char** argv) {
                                {"setups", nlohmann::json::array()}};
     for (const SetupResult& r : results) {
       recorded["setups"].push_back({{"workers", r.workers}, {"backend", r.backend}, {"with_map", r.with_map},
-                                    {"calibration", r.calibration}, {"live", FiguresJson(r.live)}, {"simulated", FiguresJson(r.predicted)}});
+                                    {"calibration", r.calibration}, {"live", FiguresJson(r.live)}, {"simulated", FiguresJson(r.predicted)},
+                                    {"live_runs", FiguresByStartJson(r.live_by_start)}});
     }
     std::ofstream out(calibration_dir / "validation.json");
     out << recorded.dump(1) << "\n";
@@ -555,5 +636,6 @@ int main(int argc, char** argv) {
                                  starts > 1 ? "starts' runs" : "runs", starts > 1 ? "starts'" : "runs", live_spread.size(),
                                  100 * Quantile(live_spread, 0.5), 100 * Quantile(live_spread, 1.0));
   }
+  PrintMedianNoise(LiveSeriesOf(results, 0), "this validation");
   return 0;
 }
