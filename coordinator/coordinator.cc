@@ -662,7 +662,8 @@ Coordinator::StepOutcome Coordinator::RunStep() {
     std::vector<int64_t> per_slot(static_cast<size_t>(options_.num_workers), 0);
     for (int peer = 0; peer < resp.peer_all2all_bytes_size() && peer < n; ++peer) per_slot[slots[peer]] = resp.peer_all2all_bytes(peer);
     metrics_->AddStepTraffic(slots[w], {resp.layer_all2all_bytes().begin(), resp.layer_all2all_bytes().end()}, per_slot,
-                             {resp.expert_tokens().begin(), resp.expert_tokens().end()}, resp.results_size());
+                             {resp.expert_tokens().begin(), resp.expert_tokens().end()}, resp.results_size(),
+                             resp.forward_ns(), resp.exchange_ns());
     for (const v1::SequenceResult& r : resp.results()) {
       auto it = running_.find(r.sequence_id());
       if (it == running_.end()) continue;

@@ -67,7 +67,9 @@ ClusterMetrics::ClusterMetrics(int num_layers, int num_experts, int num_workers)
       pair_bytes_(static_cast<size_t>(num_workers * num_workers), 0),
       expert_tokens_(static_cast<size_t>(num_layers * num_experts), 0),
       worker_tokens_(static_cast<size_t>(num_workers), 0),
-      worker_up_(static_cast<size_t>(num_workers), 0) {}
+      worker_up_(static_cast<size_t>(num_workers), 0),
+      worker_forward_ns_(static_cast<size_t>(num_workers), 0),
+      worker_exchange_ns_(static_cast<size_t>(num_workers), 0) {}
 
 void ClusterMetrics::AddTaskToken(const std::string& task, int64_t all2all_bytes) {
   absl::MutexLock lock(&mutex_);
@@ -83,9 +85,13 @@ void ClusterMetrics::SetWorkerUp(int worker, bool up) {
 
 void ClusterMetrics::AddStepTraffic(int worker, const std::vector<int64_t>& per_layer,
                                     const std::vector<int64_t>& per_peer, const std::vector<int64_t>& expert_tokens,
-                                    int64_t generated_tokens) {
+                                    int64_t generated_tokens, int64_t forward_ns, int64_t exchange_ns) {
   absl::MutexLock lock(&mutex_);
-  if (worker >= 0 && worker < num_workers_) worker_tokens_[static_cast<size_t>(worker)] += generated_tokens;
+  if (worker >= 0 && worker < num_workers_) {
+    worker_tokens_[static_cast<size_t>(worker)] += generated_tokens;
+    worker_forward_ns_[static_cast<size_t>(worker)] += forward_ns;
+    worker_exchange_ns_[static_cast<size_t>(worker)] += exchange_ns;
+  }
   for (size_t l = 0; l < per_layer.size() && l < layer_bytes_.size(); ++l) layer_bytes_[l] += per_layer[l];
   for (size_t p = 0; p < per_peer.size() && static_cast<int>(p) < num_workers_; ++p) {
     pair_bytes_[static_cast<size_t>(worker * num_workers_) + p] += per_peer[p];
@@ -153,6 +159,16 @@ std::string ClusterMetrics::Render() const {
   out += "# HELP moe_worker_generated_tokens_total Tokens generated for the sequences each worker runs.\n"
          "# TYPE moe_worker_generated_tokens_total counter\n";
   for (int w = 0; w < num_workers_; ++w) absl::StrAppend(&out, "moe_worker_generated_tokens_total{worker=\"", w, "\"} ", worker_tokens_[w], "\n");
+  out += "# HELP moe_worker_forward_seconds_total Each worker's forward passes (its steps, from the inputs to the logits).\n"
+         "# TYPE moe_worker_forward_seconds_total counter\n";
+  for (int w = 0; w < num_workers_; ++w) {
+    absl::StrAppend(&out, "moe_worker_forward_seconds_total{worker=\"", w, "\"} ", absl::StrFormat("%.9f", worker_forward_ns_[w] * 1e-9), "\n");
+  }
+  out += "# HELP moe_worker_exchange_seconds_total Of those, the time in the all-to-all (sending, waiting for the peers, "
+         "receiving); the rest is the worker's own work.\n# TYPE moe_worker_exchange_seconds_total counter\n";
+  for (int w = 0; w < num_workers_; ++w) {
+    absl::StrAppend(&out, "moe_worker_exchange_seconds_total{worker=\"", w, "\"} ", absl::StrFormat("%.9f", worker_exchange_ns_[w] * 1e-9), "\n");
+  }
   out += "# HELP moe_expert_tokens_total Tokens computed by each expert.\n# TYPE moe_expert_tokens_total counter\n";
   for (int l = 0; l < num_layers_; ++l) {
     for (int e = 0; e < num_experts_; ++e) {

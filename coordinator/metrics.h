@@ -61,9 +61,11 @@ class ClusterMetrics {
   std::atomic<int64_t> resumed_requests{0};  // in-flight requests re-prefilled on a new shard map
 
   // Adds one worker's step report. Workers are registration slots (stable across shard maps);
-  // per_peer is indexed by slot too.
+  // per_peer is indexed by slot too. forward_ns: the worker's forward pass, exchange_ns: of which in
+  // the all-to-all (the rest is its own work: over time, how busy each worker is).
   void AddStepTraffic(int worker, const std::vector<int64_t>& per_layer, const std::vector<int64_t>& per_peer,
-                      const std::vector<int64_t>& expert_tokens, int64_t generated_tokens);
+                      const std::vector<int64_t>& expert_tokens, int64_t generated_tokens, int64_t forward_ns,
+                      int64_t exchange_ns);
   // One generated token of a request served through task expert map `task` ("" = the full model), and
   // the All2All bytes its step moved.
   void AddTaskToken(const std::string& task, int64_t all2all_bytes);
@@ -80,6 +82,8 @@ class ClusterMetrics {
   std::vector<int64_t> expert_tokens_ ABSL_GUARDED_BY(mutex_); // [layer * experts + expert]
   std::vector<int64_t> worker_tokens_ ABSL_GUARDED_BY(mutex_); // tokens generated for sequences on each worker
   std::vector<int64_t> worker_up_ ABSL_GUARDED_BY(mutex_);
+  std::vector<int64_t> worker_forward_ns_ ABSL_GUARDED_BY(mutex_);   // each worker's forward passes
+  std::vector<int64_t> worker_exchange_ns_ ABSL_GUARDED_BY(mutex_);  // of which in the all-to-all
   struct TaskTraffic {
     int64_t tokens = 0, all2all_bytes = 0;
   };

@@ -201,6 +201,15 @@ TEST(ClusterSystemTest, SixtyFourConcurrentStreamsAllCompleteUnmixed) {
   EXPECT_GE(MetricValue(*metrics, "moe_engine_step_gap_seconds_count"), 9) << *metrics;
   EXPECT_LT(MetricValue(*metrics, "moe_engine_step_gap_seconds_count"), steps) << *metrics;
   EXPECT_GT(MetricValue(*metrics, "moe_engine_step_gap_seconds_sum"), 0) << *metrics;
+  // Each worker timed its forward passes and the all-to-all within them, and a worker's forward pass is
+  // part of the coordinator's step.
+  for (int w = 0; w < 4; ++w) {
+    const double forward = MetricValue(*metrics, absl::StrCat("moe_worker_forward_seconds_total{worker=\"", w, "\"}"));
+    const double exchange = MetricValue(*metrics, absl::StrCat("moe_worker_exchange_seconds_total{worker=\"", w, "\"}"));
+    EXPECT_GT(exchange, 0) << "worker " << w << "\n" << *metrics;
+    EXPECT_LT(exchange, forward) << "worker " << w;
+    EXPECT_LE(forward, MetricValue(*metrics, "moe_engine_step_seconds_sum")) << "worker " << w;
+  }
   // Each stream was prefilled once, several to a step at most once each.
   EXPECT_EQ(MetricValue(*metrics, "moe_engine_prefilled_sequences_total"), kClients) << *metrics;
   EXPECT_GE(MetricValue(*metrics, "moe_engine_prefill_steps_total"), 1) << *metrics;

@@ -1,6 +1,7 @@
 #include "worker/distributed_dispatcher.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -46,6 +47,14 @@ void DistributedExpertDispatcher::BeginStep(uint64_t step_id, int64_t num_tokens
   traffic_.per_peer.assign(static_cast<size_t>(exchange_->size()), 0);
   traffic_.per_token.assign(static_cast<size_t>(num_tokens), 0);
   traffic_.expert_tokens.assign(static_cast<size_t>(c.num_layers * c.num_experts), 0);
+  traffic_.exchange_ns = 0;
+}
+
+absl::Status DistributedExpertDispatcher::TimedAllToAllV(uint64_t tag, const ExchangeBuffer& send, ExchangeBuffer* recv) {
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status status = exchange_->AllToAllV(tag, send, recv);
+  traffic_.exchange_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+  return status;
 }
 
 absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall& call, const RoutingDecision& routing,
@@ -117,7 +126,7 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
   }
 
   // 2. Dispatch.
-  MOE_RETURN_IF_ERROR(exchange_->AllToAllV(tag_base, dispatch_send_, &dispatch_recv_));
+  MOE_RETURN_IF_ERROR(TimedAllToAllV(tag_base, dispatch_send_, &dispatch_recv_));
 
   // 3. Validate what arrived, then run each local expert on all the rows that need it.
   const MoeWeights& moe = weights_->layers[layer].moe;
@@ -183,7 +192,7 @@ absl::StatusOr<bool> DistributedExpertDispatcher::DispatchCombine(const MoeCall&
       traffic_.per_peer[to] += static_cast<int64_t>(block_sizes_[to]);
     }
   }
-  MOE_RETURN_IF_ERROR(exchange_->AllToAllV(tag_base + 1, combine_send_, &combine_recv_));
+  MOE_RETURN_IF_ERROR(TimedAllToAllV(tag_base + 1, combine_send_, &combine_recv_));
   std::memset(out, 0, sizeof(float) * static_cast<size_t>(routing.num_tokens * h));
   for (int from = 0; from < peers; ++from) {
     const auto& tokens = sent_tokens_[from];

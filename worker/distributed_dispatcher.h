@@ -22,6 +22,7 @@ struct StepTraffic {
   std::vector<int64_t> per_peer;   // [destination worker]
   std::vector<int64_t> per_token;  // [token row of the step's batch], dispatch + the combine it causes
   std::vector<int64_t> expert_tokens;  // [layer * num_experts + expert] computed here
+  int64_t exchange_ns = 0;  // time in the step's all-to-alls (sending, waiting for the peers, receiving)
 };
 
 class DistributedExpertDispatcher : public ExpertDispatcher {
@@ -38,6 +39,9 @@ class DistributedExpertDispatcher : public ExpertDispatcher {
                                        float* out) override;
 
  private:
+  // exchange_->AllToAllV, its time added to traffic_.exchange_ns.
+  absl::Status TimedAllToAllV(uint64_t tag, const ExchangeBuffer& send, ExchangeBuffer* recv);
+
   const ModelWeights* weights_;
   const ShardMap* shard_map_;
   Exchange* exchange_;

@@ -1,5 +1,7 @@
 #include "worker/worker_service.h"
 
+#include <chrono>
+
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "proto/grpc_util.h"
@@ -224,7 +226,10 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
   int64_t rows = 0;
   for (const auto& t : tokens) rows += static_cast<int64_t>(t.size());
   shard_->dispatcher->BeginStep(request->step_id(), rows);
+  const auto forward_start = std::chrono::steady_clock::now();
   auto logits = model.Forward(inputs);
+  const int64_t forward_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - forward_start).count();
   if (!logits.ok()) {
     // A failed step leaves these sequences in an unknown state: drop them; the coordinator decides.
     for (const v1::SequenceWork& w : request->work()) sequences_.erase(w.sequence_id());
@@ -252,6 +257,8 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const v1::StepRequest* re
   *response->mutable_layer_all2all_bytes() = {traffic.per_layer.begin(), traffic.per_layer.end()};
   *response->mutable_peer_all2all_bytes() = {traffic.per_peer.begin(), traffic.per_peer.end()};
   *response->mutable_expert_tokens() = {traffic.expert_tokens.begin(), traffic.expert_tokens.end()};
+  response->set_forward_ns(forward_ns);
+  response->set_exchange_ns(traffic.exchange_ns);
   return grpc::Status::OK;
 }
 
