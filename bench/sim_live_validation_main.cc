@@ -212,6 +212,20 @@ absl::StatusOr<std::string> EnsureExpertMap(const std::string& model, const fs::
   return dir.string();
 }
 
+// Each worker's own work so far (its forward passes less their all-to-all, seconds), by slot, from the
+// coordinator's /metrics; empty if the page could not be read.
+std::vector<double> WorkerBusySeconds(const moe::LocalCluster& cluster, int workers) {
+  const absl::StatusOr<std::string> page = moe::HttpGet(cluster.metrics_url(), std::chrono::seconds(10));
+  if (!page.ok()) return {};
+  std::vector<double> busy;
+  for (int w = 0; w < workers; ++w) {
+    const std::string label = absl::StrCat("{worker=\"", w, "\"}");
+    busy.push_back(moe::MetricValue(*page, "moe_worker_forward_seconds_total" + label) -
+                   moe::MetricValue(*page, "moe_worker_exchange_seconds_total" + label));
+  }
+  return busy;
+}
+
 // The live runs against themselves: for each of the four compared figures, how far the median of one
 // half of the runs is from the median of the other (relative to the latter). Empty when a half is.
 std::vector<double> HalvesSpread(const std::vector<Figures>& one, const std::vector<Figures>& other) {
@@ -483,6 +497,7 @@ int main(int argc, char** argv) {
   }
   std::string drift_table;
   std::string map_table;  // the map's decode time over the full model's: live (paired by start) and simulated
+  std::string busy_table;  // each worker's busy share of the run: live (median) and simulated
   const int drift_runs_per_start = (kDriftProbeRuns + starts - 1) / starts;
   std::vector<double> drifts;
   for (const std::string& w : absl::GetFlag(FLAGS_workers)) {
@@ -516,6 +531,9 @@ int main(int argc, char** argv) {
       // drift between starts.
       std::vector<Figures> live_runs[2], halves[2][2];  // [with_map], [with_map][start parity]
       std::vector<std::vector<Figures>> by_start[2];   // [with_map][start]: the runs
+      // [with_map][worker slot]: each run's share of its wall time the worker spent on its own work
+      std::vector<std::vector<double>> worker_busy[2] = {std::vector<std::vector<double>>(static_cast<size_t>(workers)),
+                                                         std::vector<std::vector<double>>(static_cast<size_t>(workers))};
       std::vector<double> drift_runs, paired_decode_ratio;
       moe::bench::LoadResult load[2];
       for (int start = 0; start < starts; ++start) {
@@ -538,10 +556,15 @@ int main(int argc, char** argv) {
         int64_t failures = 0;
         for (int run = 0; run < repeats && failures == 0; ++run) {
           for (const bool with_map : {start % 2 == 1, start % 2 == 0}) {
+            const std::vector<double> busy_before = WorkerBusySeconds(**live, workers);
             load[with_map] = moe::bench::RunClosedLoop((*live)->address(), prompts, concurrency,
                                                        {max_tokens, with_map ? map->name : "", /*ignore_eos=*/true});
             failures += load[with_map].failures;
             if (failures > 0) break;
+            const std::vector<double> busy_after = WorkerBusySeconds(**live, workers);
+            for (int w = 0; w < workers && busy_before.size() == busy_after.size() && !busy_after.empty(); ++w) {
+              worker_busy[with_map][w].push_back((busy_after[w] - busy_before[w]) / std::max(1e-9, load[with_map].wall_s));
+            }
             this_start[with_map].push_back(Measured(load[with_map]));
             live_runs[with_map].push_back(this_start[with_map].back());
             // One start's runs in one half: the halves then differ as two starts do (with one start, as runs).
@@ -585,6 +608,15 @@ int main(int argc, char** argv) {
         if (!report.ok()) return Fail(report.status().ToString());
 
         predicted[with_map] = Predicted(*report);
+        std::string live_busy, sim_busy;
+        for (int w = 0; w < workers; ++w) {
+          absl::StrAppendFormat(&live_busy, "%s%.2f", w ? ", " : "", Quantile(worker_busy[with_map][w], 0.5));
+        }
+        for (const moe::sim::WorkerReport& wr : report->workers) {
+          if (wr.replica == 0) absl::StrAppendFormat(&sim_busy, "%s%.2f", wr.rank ? ", " : "", wr.busy_fraction);
+        }
+        absl::StrAppendFormat(&busy_table, "| %d, %s, %s | %s | %s |\n", workers, backend, with_map ? map->name : "full model",
+                              live_busy, sim_busy);
         for (double d : HalvesSpread(halves[with_map][1], halves[with_map][0])) live_spread.push_back(d);
         const SetupResult& result = results.emplace_back(SetupResult{
             workers, backend, with_map, MedianOf(live_runs[with_map]), predicted[with_map],
@@ -630,6 +662,13 @@ int main(int argc, char** argv) {
                  "highest start) and simulated: the map's own speed-up, free of the machine's drift\n"
                  "| workers, exchange | live | lowest | highest | sim | sim vs live |\n|---|---|---|---|---|---|\n"
               << map_table;
+  }
+  if (!busy_table.empty()) {
+    std::cout << "each worker's own work over the run's wall time, by worker: live (the median run; moe_worker_forward_seconds_total "
+                 "less moe_worker_exchange_seconds_total) and simulated (its compute; the fitted step overhead, not on any worker, "
+                 "holds the rest of the serving stack's cost)\n"
+                 "| workers, exchange, model | live | sim |\n|---|---|---|\n"
+              << busy_table;
   }
   if (!live_spread.empty()) {
     std::cout << absl::StrFormat("live against live (medians of the odd %s vs the even %s) over %d figures: median %.0f%%, worst %.0f%%\n",
