@@ -135,6 +135,11 @@ constexpr int kProbePromptTokens = 12;
 // state a longer load sees, not for its start.
 constexpr int kProbeRequestsPerClient = 8;
 
+// A probe run's prompts: the same `requests` 12-token prompts every time.
+std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int requests) {
+  return RandomPrompts(config.vocab_size, config.bos_token_id, requests, kProbePromptTokens, /*seed=*/7);
+}
+
 // The coordinator's totals a probe reads: the TTFT's, the engine steps' and gaps' histograms, and what
 // the prefill steps took in.
 struct CoordinatorTotals {
@@ -449,10 +454,6 @@ nlohmann::json CurveJson(const std::vector<std::pair<int64_t, double>>& curve, d
 }
 
 }  // namespace
-
-std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int requests) {
-  return RandomPrompts(config.vocab_size, config.bos_token_id, requests, kProbePromptTokens, /*seed=*/7);
-}
 
 LoadResult RunProbeLoad(const std::string& address, const ModelConfig& config, int concurrency, int requests) {
   return RunClosedLoop(address, ProbePrompts(config, requests), concurrency, {kProbeMaxTokens, "", /*ignore_eos=*/true});

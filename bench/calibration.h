@@ -119,7 +119,6 @@ struct CalibrationOptions {
 // requests of the same 12-token prompts every time (ProbePrompts), kProbeMaxTokens tokens each.
 inline constexpr int kProbeMaxTokens = 32;
 int ProbeRequests(int concurrency);  // a probe's requests per run since 2026-11-29: max(12, 8 x concurrency)
-std::vector<std::vector<int32_t>> ProbePrompts(const ModelConfig& config, int requests);
 LoadResult RunProbeLoad(const std::string& address, const ModelConfig& config, int concurrency, int requests);
 
 // The probes' figures over runs, on one or several starts of a cluster: for each probe (ascending

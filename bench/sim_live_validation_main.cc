@@ -123,6 +123,13 @@ Figures MedianOf(const std::vector<Figures>& runs) {
           median(&Figures::inter_token_s), median(&Figures::all2all_bytes_per_token)};
 }
 
+// Every start's runs in one list.
+std::vector<Figures> AllRuns(const std::vector<std::vector<Figures>>& by_start) {
+  std::vector<Figures> all;
+  for (const std::vector<Figures>& start : by_start) all.insert(all.end(), start.begin(), start.end());
+  return all;
+}
+
 Figures Predicted(const moe::sim::SimReport& r) {
   return {r.tokens_per_s, r.ttft.Percentile(0.5), r.ttft.Percentile(0.9), r.inter_token.MeanSeconds(),
           r.tokens ? r.all2all_bytes / static_cast<double>(r.tokens) : 0};
@@ -532,11 +539,11 @@ int main(int argc, char** argv) {
       // without a task use the full model), their runs interleaved, the order alternating by start: the
       // map's speed against the full model's is then compared within a start, free of the machine's
       // drift between starts.
-      std::vector<Figures> live_runs[2], halves[2][2];  // [with_map], [with_map][start parity]
-      std::vector<std::vector<Figures>> by_start[2];   // [with_map][start]: the runs
+      std::vector<std::vector<Figures>> by_start[2];  // [with_map][start]: the runs
+      std::vector<Figures> halves[2][2];              // [with_map][start parity]
       // [with_map][worker slot]: each run's share of its wall time the worker spent on its own work
-      std::vector<std::vector<double>> worker_busy[2] = {std::vector<std::vector<double>>(static_cast<size_t>(workers)),
-                                                         std::vector<std::vector<double>>(static_cast<size_t>(workers))};
+      std::vector<std::vector<double>> worker_busy[2];
+      for (auto& busy : worker_busy) busy.resize(static_cast<size_t>(workers));
       std::vector<double> drift_runs, paired_decode_ratio;
       moe::bench::LoadResult load[2];
       for (int start = 0; start < starts; ++start) {
@@ -569,9 +576,8 @@ int main(int argc, char** argv) {
               worker_busy[with_map][w].push_back((busy_after[w] - busy_before[w]) / std::max(1e-9, load[with_map].wall_s));
             }
             this_start[with_map].push_back(Measured(load[with_map]));
-            live_runs[with_map].push_back(this_start[with_map].back());
             // One start's runs in one half: the halves then differ as two starts do (with one start, as runs).
-            halves[with_map][(starts > 1 ? start : run) % 2].push_back(live_runs[with_map].back());
+            halves[with_map][(starts > 1 ? start : run) % 2].push_back(this_start[with_map].back());
           }
         }
         if (!(*live)->Stop().ok()) std::cerr << "moe-bench-sim-live: the cluster did not stop cleanly\n";
@@ -622,7 +628,7 @@ int main(int argc, char** argv) {
                               live_busy, sim_busy);
         for (double d : HalvesSpread(halves[with_map][1], halves[with_map][0])) live_spread.push_back(d);
         const SetupResult& result = results.emplace_back(SetupResult{
-            workers, backend, with_map, MedianOf(live_runs[with_map]), predicted[with_map],
+            workers, backend, with_map, MedianOf(AllRuns(by_start[with_map])), predicted[with_map],
             calibrate_on_starts ? (fs::path("on-starts") / cluster_name / "calibration.json").string() : "calibration.json",
             by_start[with_map]});
         PrintRow(result, map->name, &errors);

@@ -159,16 +159,18 @@ std::string ClusterMetrics::Render() const {
   out += "# HELP moe_worker_generated_tokens_total Tokens generated for the sequences each worker runs.\n"
          "# TYPE moe_worker_generated_tokens_total counter\n";
   for (int w = 0; w < num_workers_; ++w) absl::StrAppend(&out, "moe_worker_generated_tokens_total{worker=\"", w, "\"} ", worker_tokens_[w], "\n");
-  out += "# HELP moe_worker_forward_seconds_total Each worker's forward passes (its steps, from the inputs to the logits).\n"
-         "# TYPE moe_worker_forward_seconds_total counter\n";
-  for (int w = 0; w < num_workers_; ++w) {
-    absl::StrAppend(&out, "moe_worker_forward_seconds_total{worker=\"", w, "\"} ", absl::StrFormat("%.9f", worker_forward_ns_[w] * 1e-9), "\n");
-  }
-  out += "# HELP moe_worker_exchange_seconds_total Of those, the time in the all-to-all (sending, waiting for the peers, "
-         "receiving); the rest is the worker's own work.\n# TYPE moe_worker_exchange_seconds_total counter\n";
-  for (int w = 0; w < num_workers_; ++w) {
-    absl::StrAppend(&out, "moe_worker_exchange_seconds_total{worker=\"", w, "\"} ", absl::StrFormat("%.9f", worker_exchange_ns_[w] * 1e-9), "\n");
-  }
+  const auto per_worker_seconds = [&](const char* name, const char* help, const std::vector<int64_t>& ns) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " counter\n");
+    for (int w = 0; w < num_workers_; ++w) {
+      absl::StrAppend(&out, name, "{worker=\"", w, "\"} ", absl::StrFormat("%.9f", static_cast<double>(ns[w]) * 1e-9), "\n");
+    }
+  };
+  per_worker_seconds("moe_worker_forward_seconds_total", "Each worker's forward passes (its steps, from the inputs to the logits).",
+                     worker_forward_ns_);
+  per_worker_seconds("moe_worker_exchange_seconds_total",
+                     "Of those, the time in the all-to-all (sending, waiting for the peers, receiving); the rest is the "
+                     "worker's own work.",
+                     worker_exchange_ns_);
   out += "# HELP moe_expert_tokens_total Tokens computed by each expert.\n# TYPE moe_expert_tokens_total counter\n";
   for (int l = 0; l < num_layers_; ++l) {
     for (int e = 0; e < num_experts_; ++e) {
